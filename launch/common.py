@@ -1,0 +1,89 @@
+"""What every launch script shares: absl flags, config file, clean errors.
+
+Bad input (a flag, a config override, data, a checkpoint) prints one line
+`error: ...` naming the bad value and what is allowed, and exits with code 2;
+a training run whose loss became non-finite exits with code 3.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_config_flags(default: str | None = "configs/quickstart.py") -> None:
+  config_flags.DEFINE_config_file(
+      "config", default, "Path to an ml_collections config file "
+      "(`file.py` or `file.py:arg`); override fields with --config.a.b=value.",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "Multi-host: host:port of process 0 (else from the "
+                      "environment, as jax.distributed.initialize finds it).")
+  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+
+
+def fail(message: str, code: int = 2) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip() or type(e).__name__
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def _parse(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(_first_line(e))
+  except (KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+    fail(f"bad config: {_first_line(e)}")
+
+
+def maybe_initialize_distributed() -> None:
+  """Starts JAX's distributed runtime when asked (multi-host GPU/TPU/CPU)."""
+  import jax
+  if not (FLAGS.distributed or FLAGS.coordinator_address):
+    return
+  kw = {}
+  if FLAGS.coordinator_address:
+    kw = dict(coordinator_address=FLAGS.coordinator_address,
+              num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kw)
+
+
+def run(main: Callable[[], None]) -> None:
+  """absl's app.run with this project's error policy."""
+  from rift_jax.errors import UserError
+
+  def _main(argv):
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+    if len(argv) > 1:
+      fail(f"unexpected arguments {argv[1:]!r}; use --flag=value")
+    try:
+      main()
+    except UserError as e:
+      fail(_first_line(e))
+    except KeyboardInterrupt:
+      fail("interrupted; finished stages and checkpoints are kept", 130)
+    except Exception as e:  # noqa: BLE001
+      from rift_jax.train import NonFiniteLoss
+      if isinstance(e, NonFiniteLoss):
+        fail(_first_line(e), 3)
+      raise
+
+  app.run(_main, flags_parser=_parse)

@@ -1,0 +1,202 @@
+"""Projected gradient attacks on inputs, composed of small pure parts.
+
+An attack is: an init (where the search starts inside the ball), a loss to
+maximise (`ce`, `kl` for TRADES, `margin` for evaluation), a step (sign of the
+gradient for L-inf, normalised gradient for L2), a projection (onto the ε-ball
+around the clean image, then onto the [0, 1] box), a loop, and restarts with a
+per-example worst case. Every function here is traceable: call it inside
+`jax.jit` (the train step, the evaluator) and it is compiled once per shape.
+
+`logits_fn(x) -> [batch, classes]` closes over the model variables and the
+BatchNorm mode the caller chose; the attack never sees the model.
+
+Loop form: XLA:CPU runs while-loop bodies several times slower than
+straight-line code (MACHINE-FACTS.md), so `unroll='auto'` unrolls the step loop
+on CPU and keeps a rolled `fori_loop` on GPU/TPU, where it compiles faster and
+runs as fast. `launch/benchmark.py` measures both.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from rift_jax.errors import check_choice, check_range
+
+LOSSES = ("ce", "kl", "margin")
+NORMS = ("linf", "l2")
+INITS = ("uniform", "normal", "zero")
+
+
+# ---------------------------------------------------------------- losses
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example CE `[batch]` for integer labels `[batch]`."""
+  logp = jax.nn.log_softmax(logits)
+  return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+
+def kl_divergence(logits: jax.Array, target_logits: jax.Array) -> jax.Array:
+  """Per-example KL(p_target ‖ p) `[batch]`, p = softmax(logits).
+
+  This is TRADES' inner objective with target = the clean prediction.
+  """
+  logp_t = jax.nn.log_softmax(target_logits)
+  logp = jax.nn.log_softmax(logits)
+  return jnp.sum(jnp.exp(logp_t) * (logp_t - logp), axis=-1)
+
+
+def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """CW margin `max_{j≠y} z_j − z_y` `[batch]`: positive iff misclassified."""
+  z_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool),
+                     -jnp.inf, logits)
+  return jnp.max(others, axis=-1) - z_y
+
+
+def _attack_loss(name: str, logits, labels, target_logits):
+  if name == "ce":
+    return cross_entropy(logits, labels)
+  if name == "kl":
+    return kl_divergence(logits, target_logits)
+  return margin(logits, labels)
+
+
+# ------------------------------------------------------- geometry (per norm)
+def _per_example_norm(v: jax.Array) -> jax.Array:
+  return jnp.sqrt(jnp.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
+
+
+def project(x_adv: jax.Array, x: jax.Array, epsilon: float, norm: str) -> jax.Array:
+  """Closest point to `x_adv` in {‖δ‖ ≤ ε} ∩ [0, 1] (L-inf exactly; L2 ball then box)."""
+  delta = x_adv - x
+  if norm == "linf":
+    delta = jnp.clip(delta, -epsilon, epsilon)
+  else:
+    n = _per_example_norm(delta)
+    delta = delta * jnp.minimum(1.0, epsilon / jnp.maximum(n, 1e-12))
+  return jnp.clip(x + delta, 0.0, 1.0)
+
+
+def ascent_step(x_adv: jax.Array, grad: jax.Array, step_size: float,
+                norm: str) -> jax.Array:
+  """Steepest ascent step of length `step_size` in the attack's norm."""
+  if norm == "linf":
+    return x_adv + step_size * jnp.sign(grad)
+  return x_adv + step_size * grad / jnp.maximum(_per_example_norm(grad), 1e-12)
+
+
+def random_init(rng: jax.Array, x: jax.Array, epsilon: float, norm: str,
+                init: str, init_std: float) -> jax.Array:
+  """Starting point: uniform in the ball, x + init_std·N(0, 1) (TRADES), or x."""
+  if init == "zero":
+    return x
+  if init == "normal":
+    return jnp.clip(x + init_std * jax.random.normal(rng, x.shape, x.dtype), 0, 1)
+  if norm == "linf":
+    delta = jax.random.uniform(rng, x.shape, x.dtype, -epsilon, epsilon)
+  else:
+    k1, k2 = jax.random.split(rng)
+    direction = jax.random.normal(k1, x.shape, x.dtype)
+    direction = direction / jnp.maximum(_per_example_norm(direction), 1e-12)
+    radius = jax.random.uniform(k2, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
+    delta = epsilon * radius * direction
+  return jnp.clip(x + delta, 0.0, 1.0)
+
+
+def resolve_unroll(unroll) -> bool | int:
+  """'auto' -> fully unrolled on CPU, rolled elsewhere; bools/ints pass through."""
+  if unroll == "auto":
+    return jax.default_backend() == "cpu"
+  return unroll
+
+
+# ---------------------------------------------------------------- PGD
+@dataclasses.dataclass(frozen=True)
+class PGDConfig:
+  """Static attack settings (hashable, so a jitted caller compiles once)."""
+  epsilon: float = 8 / 255
+  step_size: float = 2 / 255
+  num_steps: int = 10
+  norm: str = "linf"
+  loss: str = "ce"
+  init: str = "uniform"
+  init_std: float = 0.001
+  restarts: int = 1
+  unroll: bool | int | str = "auto"
+
+  def validate(self, prefix: str = "attack") -> "PGDConfig":
+    check_range(f"{prefix}.epsilon", self.epsilon, 0.0, 1.0, low_open=True)
+    check_range(f"{prefix}.step_size", self.step_size, 0.0, low_open=True)
+    check_range(f"{prefix}.num_steps", self.num_steps, 1)
+    check_range(f"{prefix}.restarts", self.restarts, 1)
+    check_choice(f"{prefix}.norm", self.norm, NORMS)
+    check_choice(f"{prefix}.loss", self.loss, LOSSES)
+    check_choice(f"{prefix}.init", self.init, INITS)
+    return self
+
+  @classmethod
+  def from_config(cls, cfg, prefix: str = "attack") -> "PGDConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: v for k, v in dict(cfg).items() if k in fields}
+    for k in ("num_steps", "restarts"):
+      if k in kw:
+        kw[k] = int(kw[k])
+    return cls(**kw).validate(prefix)
+
+
+def pgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+        labels: jax.Array | None, rng: jax.Array, cfg: PGDConfig,
+        target_logits: jax.Array | None = None) -> jax.Array:
+  """Projected gradient ascent on the input; returns `x_adv` like `x`.
+
+  Args:
+    logits_fn: `[batch, H, W, C] -> [batch, classes]`.
+    x: clean images in [0, 1], `[batch, H, W, C]`.
+    labels: `[batch]` integer labels (unused by the 'kl' loss).
+    rng: PRNG key; restart r uses `fold_in(rng, r)`, so restart 0 is the same
+      run whatever the number of restarts.
+    cfg: the attack settings.
+    target_logits: clean logits `[batch, classes]` for the 'kl' loss.
+
+  With restarts > 1 the result keeps, per example, the restart that
+  misclassifies it (if any), else the one with the highest loss: an example
+  counts as robust only if it survives every restart. The result is passed
+  through `stop_gradient`.
+  """
+  unroll = resolve_unroll(cfg.unroll)
+
+  def loss_sum(xa):
+    return jnp.sum(_attack_loss(cfg.loss, logits_fn(xa), labels, target_logits))
+
+  grad_fn = jax.grad(loss_sum)
+
+  def body(_, xa):
+    return project(ascent_step(xa, grad_fn(xa), cfg.step_size, cfg.norm), x,
+                   cfg.epsilon, cfg.norm)
+
+  def one_run(key):
+    x0 = random_init(key, x, cfg.epsilon, cfg.norm, cfg.init, cfg.init_std)
+    x0 = project(x0, x, cfg.epsilon, cfg.norm)
+    return jax.lax.fori_loop(0, cfg.num_steps, body, x0, unroll=unroll)
+
+  if cfg.restarts == 1:
+    return jax.lax.stop_gradient(one_run(jax.random.fold_in(rng, 0)))
+
+  best = None
+  for r in range(cfg.restarts):
+    xa = one_run(jax.random.fold_in(rng, r))
+    logits = logits_fn(xa)
+    loss = _attack_loss(cfg.loss, logits, labels, target_logits)
+    fooled = (jnp.argmax(logits, -1) != labels) if labels is not None else (
+        jnp.zeros_like(loss, bool))
+    if best is None:
+      best = (xa, loss, fooled)
+      continue
+    b_x, b_loss, b_fooled = best
+    better = (fooled & ~b_fooled) | ((fooled == b_fooled) & (loss > b_loss))
+    pick = better.reshape((-1,) + (1,) * (x.ndim - 1))
+    best = (jnp.where(pick, xa, b_x), jnp.where(better, loss, b_loss),
+            fooled | b_fooled)
+  return jax.lax.stop_gradient(best[0])
