@@ -60,8 +60,11 @@ def maybe_initialize_distributed() -> None:
   if FLAGS.coordinator_address:
     kw = dict(coordinator_address=FLAGS.coordinator_address,
               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # CPU devices need a collectives backend to talk across processes; the
+  # setting only affects the CPU client, so it is safe on GPU/TPU hosts.
+  # (Asking jax.default_backend() here would start the backends, after which
+  # jax.distributed.initialize refuses to run.)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kw)
 
 

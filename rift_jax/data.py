@@ -296,26 +296,32 @@ def to_float(images: np.ndarray) -> np.ndarray:
   return images.astype(np.float32) / 255.0
 
 
-def train_batches(split: Split, batch_size: int, seed: int, epoch: int
+def train_batches(split: Split, batch_size: int, seed: int, epoch: int,
+                  rows: slice = slice(None)
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Shuffled full batches; the order depends only on (seed, epoch), so a
-  resumed run sees exactly the batches an uninterrupted one would."""
+  resumed run sees exactly the batches an uninterrupted one would.
+
+  `rows` picks this process's part of each global batch of `batch_size`
+  (multi-host, `sharding.process_rows`); only those images are read.
+  """
   perm = np.random.default_rng([seed, epoch]).permutation(len(split))
   for i in range(len(split) // batch_size):
-    idx = perm[i * batch_size:(i + 1) * batch_size]
+    idx = perm[i * batch_size:(i + 1) * batch_size][rows]
     yield to_float(split.images[idx]), split.labels[idx]
 
 
-def eval_batches(split: Split, batch_size: int
+def eval_batches(split: Split, batch_size: int, rows: slice = slice(None)
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Fixed-size batches in order with a validity mask; the last one is padded
-  (so the evaluator compiles once)."""
+  (so the evaluator compiles once). `rows`: this process's part of each
+  global batch, as in `train_batches`."""
   n = len(split)
   for start in range(0, n, batch_size):
     idx = np.arange(start, min(start + batch_size, n))
     pad = batch_size - idx.size
-    mask = np.concatenate([np.ones(idx.size, bool), np.zeros(pad, bool)])
-    idx = np.concatenate([idx, np.full(pad, idx[0])])
+    mask = np.concatenate([np.ones(idx.size, bool), np.zeros(pad, bool)])[rows]
+    idx = np.concatenate([idx, np.full(pad, idx[0])])[rows]
     yield to_float(split.images[idx]), split.labels[idx], mask
 
 

@@ -53,7 +53,8 @@ class Evaluator:
     variables = sharding.replicate(variables, self.mesh)
     totals = np.zeros(2, np.int64)
     pending = []
-    batches = data.eval_batches(split, self.batch_size)
+    batches = data.eval_batches(split, self.batch_size,
+                                sharding.process_rows(self.mesh, self.batch_size))
     n_batches = -(-len(split) // self.batch_size)
     for i, (x, y, mask) in enumerate(tqdm(batches, total=n_batches, desc=desc,
                                           disable=desc is None, leave=False)):

@@ -3,8 +3,18 @@
 Batches are split along their first axis over every device of every host;
 parameters and optimiser state are replicated. The same code runs on one CPU,
 several GPUs or a TPU slice: only the mesh changes.
+
+Multi-host: every process iterates over the same global batches (the order is
+a function of (seed, epoch) only) but reads just its own rows
+(`process_rows`), and `shard_batch` assembles the global array from the
+process-local parts. Jitted functions take their shardings from their inputs,
+so XLA inserts the cross-device reductions (BatchNorm statistics, the mean
+loss, gradients) itself and the maths is that of one device on the global
+batch.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -13,8 +23,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rift_jax.errors import UserError
 
 
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ("data",))
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh with axis 'data' over `devices` (default: every device of
+  every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), ("data",))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
@@ -24,14 +37,40 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> N
                     f"use a multiple of {n}")
 
 
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over 'data', the rest whole."""
+  return NamedSharding(mesh, P("data"))
+
+
 def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def process_rows(mesh: Mesh, global_batch: int) -> slice:
+  """The rows `[start, stop)` of a global batch that this process feeds.
+
+  Read from the sharding itself (which rows land on this process's devices),
+  so it holds for any device order; the rows must be contiguous, as they are
+  for a mesh over `jax.devices()`.
+  """
+  if jax.process_count() == 1:
+    return slice(0, global_batch)
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
+  starts = sorted({idx[0].start or 0 for idx in index_map.values()})
+  stops = sorted({global_batch if idx[0].stop is None else idx[0].stop
+                  for idx in index_map.values()})
+  start, stop = starts[0], stops[-1]
+  per_device = global_batch // mesh.devices.size
+  if (stop - start) != per_device * len(starts):
+    raise UserError("this process's devices are not contiguous in the mesh; "
+                    "build the mesh over jax.devices() in their given order")
+  return slice(start, stop)
+
+
 def shard_batch(mesh: Mesh, *arrays):
-  """Host arrays (this process's part of the global batch) -> global jax.Arrays
-  split over the 'data' axis."""
-  sharding = NamedSharding(mesh, P("data"))
+  """Host arrays (this process's rows of the global batch, `process_rows`)
+  -> global jax.Arrays split over the 'data' axis."""
+  sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     out = tuple(jax.device_put(a, sharding) for a in arrays)
   else:

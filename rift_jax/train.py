@@ -156,7 +156,8 @@ def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    # One probe per process: hosts sharing a file system must not race.
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -186,7 +187,8 @@ class MetricWriter:
 
   def __init__(self, workdir: str, resume_epoch: int | None = None):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    if resume_epoch is not None and os.path.exists(self.path):
+    if (resume_epoch is not None and os.path.exists(self.path)
+        and jax.process_index() == 0):
       # Drop records newer than the checkpoint we resume from.
       with open(self.path) as f:
         keep = [l for l in f if l.strip() and
@@ -257,6 +259,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        extra_init(variables) if extra_init else None)
   meta_model = model_meta(config, info)
 
+  # Replicated before restoring, so Orbax restores straight into the mesh
+  # layout on every host.
+  state = sharding.replicate(state, mesh)
   latest = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "latest"))
   best = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "best"))
   start_epoch, best_score, best_epoch = 0, -math.inf, 0
@@ -266,9 +271,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     best_score, best_epoch = float(meta["best_score"]), int(meta["best_epoch"])
     print(f"resuming {workdir} from epoch {start_epoch}")
   else:
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    if jax.process_index() == 0:
+      write_json(os.path.join(workdir, "config.json"), config.to_dict())
   writer = MetricWriter(workdir, start_epoch if start_epoch else None)
-  state = sharding.replicate(state, mesh)
 
   train_step = make_train_step(ctx, tx, objective, info,
                                augment=bool(config.get("augment", True)))
@@ -283,7 +288,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   for epoch in range(start_epoch + 1, epochs + 1):
     t0 = time.time()
     sums, count, last = None, 0, None
-    bar = tqdm(data.train_batches(dataset.train, batch_size, int(config.seed), epoch),
+    bar = tqdm(data.train_batches(dataset.train, batch_size, int(config.seed), epoch,
+                                  sharding.process_rows(mesh, batch_size)),
                total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
                disable=jax.process_index() != 0)
     for i, (x, y) in enumerate(bar):
