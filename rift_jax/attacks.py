@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from rift_jax.errors import check_choice, check_range
 
-LOSSES = ("ce", "kl", "margin")
+LOSSES = ("ce", "kl", "margin", "dlr")
 NORMS = ("linf", "l2")
 INITS = ("uniform", "normal", "zero")
 
@@ -55,11 +55,38 @@ def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.max(others, axis=-1) - z_y
 
 
+def dlr(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Difference of logits ratio (Croce & Hein 2020) `[batch]`:
+
+    DLR = −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3 + 1e-12),
+
+  z_π1 ≥ z_π2 ≥ ... the sorted logits. Shift- and scale-invariant in z, so
+  logit rescaling cannot mask gradients. Needs ≥ 3 classes.
+  """
+  z = jnp.sort(logits, axis=-1)
+  return margin(logits, labels) / (z[:, -1] - z[:, -3] + 1e-12)
+
+
+def dlr_targeted(logits: jax.Array, labels: jax.Array, targets: jax.Array
+                 ) -> jax.Array:
+  """Targeted DLR `[batch]`: −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12).
+
+  Maximising it pushes the target class t above the true class y. Needs ≥ 4
+  classes.
+  """
+  z = jnp.sort(logits, axis=-1)
+  z_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  z_t = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+  return (z_t - z_y) / (z[:, -1] - 0.5 * (z[:, -3] + z[:, -4]) + 1e-12)
+
+
 def _attack_loss(name: str, logits, labels, target_logits):
   if name == "ce":
     return cross_entropy(logits, labels)
   if name == "kl":
     return kl_divergence(logits, target_logits)
+  if name == "dlr":
+    return dlr(logits, labels)
   return margin(logits, labels)
 
 

@@ -1,0 +1,117 @@
+"""APGD / AutoAttack-style evaluation: hand-worked values and exact optima."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rift_jax import attacks, autoattack
+from rift_jax.errors import UserError
+
+
+def test_dlr_hand_values_and_invariance():
+  z = jnp.array([[3.0, 1.0, 2.0, 0.0], [3.0, 1.0, 2.0, 0.0]])
+  y = jnp.array([0, 1])
+  # y=0: −(3 − 2)/(3 − 1) = −0.5;  y=1: −(1 − 3)/(3 − 1) = 1.
+  np.testing.assert_allclose(attacks.dlr(z, y), [-0.5, 1.0], rtol=1e-6)
+  # Targeted, y=0 t=2: −(3 − 2)/(3 − (1 + 0)/2) = −0.4; y=1 t=0: (3 − 1)/2.5.
+  np.testing.assert_allclose(attacks.dlr_targeted(z, y, jnp.array([2, 0])),
+                             [-0.4, 0.8], rtol=1e-6)
+  # Invariant to z -> a·z + b (a > 0).
+  np.testing.assert_allclose(attacks.dlr(7 * z - 3, y), attacks.dlr(z, y),
+                             rtol=1e-5)
+  np.testing.assert_allclose(
+      attacks.dlr_targeted(0.5 * z + 9, y, jnp.array([2, 0])), [-0.4, 0.8],
+      rtol=1e-5)
+
+
+def test_checkpoint_schedule_matches_paper():
+  # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06):
+  # 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 -> ⌈p_j · 100⌉.
+  assert autoattack.checkpoint_schedule(100) == (22, 41, 57, 70, 80, 87, 93, 99)
+  # Few steps: integer intervals as the authors' code (2, then every step).
+  assert autoattack.checkpoint_schedule(10) == (2, 3, 4, 5, 6, 7, 8, 9, 10)
+  assert autoattack.checkpoint_schedule(50) == (11, 21, 30, 38, 45)
+  assert autoattack.checkpoint_schedule(1) == (1,)
+
+
+def test_halving_rule():
+  f = lambda n, red, last, best: bool(autoattack.halve_step(
+      jnp.array([n]), 22, 0.75, jnp.array([red]), jnp.array([last]),
+      jnp.array([best]))[0])
+  # Condition 1: loss rose in ≤ 0.75·22 = 16.5 of 22 steps -> halve.
+  assert f(16, True, 0.0, 1.0)
+  assert not f(17, True, 0.0, 1.0)
+  # Condition 2: not halved last time and f_max did not improve -> halve.
+  assert f(17, False, 1.0, 1.0)
+  assert not f(17, False, 0.5, 1.0)   # improved
+  assert not f(17, True, 1.0, 1.0)    # halved last time
+
+
+def _linear_problem(num_classes=5, dim=12, n=200, seed=0):
+  rng = np.random.default_rng(seed)
+  w = rng.normal(size=(dim, num_classes)).astype(np.float32)
+  b = rng.normal(size=num_classes).astype(np.float32) * 0.3
+  x = rng.uniform(0.3, 0.7, (n, dim, 1, 1)).astype(np.float32)
+  logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w + b
+  y = np.argmax(logits_fn(x), -1)  # clean-correct by construction
+  return w, b, x, y, logits_fn
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.02), ("l2", 0.05)])
+def test_apgd_t_finds_exact_linear_optimum(norm, eps):
+  """Linear model, ball inside the box: x is fooled iff for some class j
+  (w_j − w_y)·x + b_j − b_y + ε‖w_j − w_y‖_* > 0 (dual norm: L1 for L∞, L2
+  for L2). APGD-T over all targets must find exactly those examples."""
+  w, b, x, y, logits_fn = _linear_problem()
+  flat = x.reshape(len(x), -1)
+  dual = 1 if norm == "linf" else 2
+  best = np.full(len(x), -np.inf)
+  for j in range(w.shape[1]):
+    d = w[:, j][None] - w[:, y].T                    # [n, dim]
+    m = np.sum(d * flat, 1) + b[j] - b[y] + eps * np.linalg.norm(d, dual, 1)
+    best = np.where(j == y, best, np.maximum(best, m))
+  clear = np.abs(best) > 1e-3   # skip examples exactly on the boundary
+  assert 0.2 < np.mean(best > 0) < 0.8
+  cfg = autoattack.APGDConfig(epsilon=eps, num_steps=30, norm=norm,
+                              loss="dlr_targeted", num_target_classes=4,
+                              unroll=False)
+  x_adv = jax.jit(lambda x, y, k: autoattack.apgd(logits_fn, x, y, k, cfg))(
+      x, y, jax.random.PRNGKey(0))
+  fooled = np.argmax(logits_fn(x_adv), -1) != y
+  np.testing.assert_array_equal(fooled[clear], (best > 0)[clear])
+  # Inside the ε-ball and the box.
+  delta = np.asarray(x_adv - x).reshape(len(x), -1)
+  size = np.abs(delta).max(1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+  assert size.max() <= eps + 1e-5
+  assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+
+
+def test_apgd_ce_at_least_as_strong_as_pgd_on_linear_model():
+  w, b, x, y, logits_fn = _linear_problem(seed=1)
+  eps = 0.05
+  pgd = attacks.PGDConfig(epsilon=eps, step_size=eps / 4, num_steps=10,
+                          unroll=False)
+  x_pgd = attacks.pgd(logits_fn, x, y, jax.random.PRNGKey(0), pgd)
+  cfg = autoattack.APGDConfig(epsilon=eps, num_steps=20, unroll=False)
+  x_apgd, fooled = jax.jit(lambda x, y, k: autoattack.apgd_run(
+      logits_fn, x, y, k, cfg))(x, y, jax.random.PRNGKey(0))
+  rob = lambda xa: np.mean(np.argmax(logits_fn(xa), -1) == y)
+  assert rob(x_apgd) <= rob(x_pgd)
+  np.testing.assert_array_equal(np.asarray(fooled),
+                                np.argmax(logits_fn(x_apgd), -1) != y)
+
+
+def test_config_and_class_checks():
+  with pytest.raises(UserError, match="epsilon=1.5"):
+    autoattack.APGDConfig(epsilon=1.5).validate()
+  with pytest.raises(UserError, match="loss='cw'"):
+    autoattack.APGDConfig(loss="cw").validate()
+  with pytest.raises(UserError, match="at least 4 classes"):
+    autoattack.Attack("t", autoattack.APGDConfig(loss="dlr_targeted")).runs(3)
+  # Targets are the classes ranked 2nd, 3rd, ... by the clean logits.
+  z = jnp.array([[0.1, 0.9, 0.5, 0.3]])
+  assert int(autoattack.target_classes(z, 2)[0]) == 2
+  assert int(autoattack.target_classes(z, 4)[0]) == 0
+  runs = autoattack.Attack("t", autoattack.APGDConfig(
+      loss="dlr_targeted", num_target_classes=9, restarts=2)).runs(4)
+  assert runs == [(0, 2), (1, 2), (2, 3), (3, 3), (4, 4), (5, 4)]
