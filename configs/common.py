@@ -25,19 +25,73 @@ def base_config() -> ml_collections.ConfigDict:
       debian_dir="/usr/share/datasets/fashion-mnist", val_size=1000,
       train_size=0, test_size=0, split_seed=0))
   c.model = ml_collections.ConfigDict(dict(name="resnet18", width=64))
-  # natural | pgd_at (| trades | mart | ... as registered in rift_jax.objectives)
+  # natural | pgd_at | trades | mart | score | awp | cure | aft
+  # (rift_jax.objectives.OBJECTIVES); hyperparameters in the block named after it.
   c.method = "pgd_at"
   c.augment = True
   c.log_every = 10
+  # Start from these variables instead of a random init: a launch/train
+  # workdir (its best checkpoint) or a variables folder. CURE and AFT need a
+  # naturally trained model here.
+  c.init_from = ""
   # Paper recipe (ALGORITHMS.md §2, Bag-of-Tricks): SGD 0.9, wd 5e-4, lr 0.1,
   # batch 128, 110 epochs, lr x0.1 at epochs 100 and 105.
   c.optim = ml_collections.ConfigDict(dict(
       lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False, batch_size=128,
       epochs=110, schedule="piecewise", lr_decay_epochs=(100, 105),
-      lr_decay_factor=0.1))
+      lr_decay_factor=0.1,
+      # schedule='slow_start_fast_decay' (AFT, rift_jax/aft.py) only:
+      warmup_epochs=0.0, start_lr_factor=0.0, decay_shape="linear",
+      end_lr_factor=0.0))
+  # Method blocks (ALGORITHMS.md §2-4; rift_jax/objectives.py, cure.py).
+  c.trades = ml_collections.ConfigDict(dict(beta=6.0))
+  c.mart = ml_collections.ConfigDict(dict(lam=6.0))
+  c.score = ml_collections.ConfigDict(dict(beta=4.0))
+  # base: 'pgd_at' | 'trades' (beta is TRADES' β then); AWP off for the first
+  # warmup_epochs epochs.
+  c.awp = ml_collections.ConfigDict(dict(gamma=5e-3, base="pgd_at", beta=6.0,
+                                         warmup_epochs=0))
+  c.cure = ml_collections.ConfigDict(dict(beta=6.0, gamma=1.0, p=30.0,
+                                          alpha=0.1, r=0.2, d=0.999))
   # Training attack: L-inf PGD-10, eps 8/255, step 2/255, BN in train mode.
   c.attack = pgd(8 / 255, 2 / 255, 10, bn_mode="train")
   # Model selection on validation: PGD-10 (one restart) each epoch.
   c.eval = ml_collections.ConfigDict(dict(
       batch_size=256, attack=pgd(8 / 255, 2 / 255, 10)))
+  c.rift = rift_config()
   return c
+
+
+def rift_config() -> ml_collections.ConfigDict:
+  """RiFT (ALGORITHMS.md §1) with the paper's / official code's settings."""
+  r = ml_collections.ConfigDict()
+  # '' = train θ_AT with this config first (into <workdir>/at); else a
+  # variables folder or a launch/train workdir.
+  r.at_checkpoint = ""
+  r.mrc = ml_collections.ConfigDict(dict(
+      num_examples=1000,       # fixed set: the first N validation images
+      attack=pgd(8 / 255, 2 / 255, 10),  # crafted once against θ_AT, eval mode
+      epsilon=0.1, learning_rate=1.0, num_passes=10, batch_size=512,
+      projection="per_pass",   # official code; 'per_step' = paper Algorithm 1
+      mode="sequential",       # or 'vmap' (several modules at once)
+      vmap_chunk=4, include="", exclude=""))
+  r.finetune = ml_collections.ConfigDict(dict(
+      # non_robust_critical (RiFT) | robust_critical | all | last | topk | modules
+      target="non_robust_critical", k=1, modules=(),
+      update_batch_stats=True,  # official code: BN statistics follow clean data
+      lr_sweep=(),              # e.g. (1e-3, 5e-3, 1e-2): chosen on validation
+      optim=ml_collections.ConfigDict(dict(
+          lr=1e-3, momentum=0.9, weight_decay=5e-4, nesterov=False,
+          batch_size=128, epochs=10, schedule="piecewise", lr_decay_epochs=(5,),
+          lr_decay_factor=0.1))))
+  r.alphas = tuple(round(0.1 * i, 1) for i in range(11))
+  r.tolerance = 0.1   # percentage points of validation robust accuracy
+  r.alpha_chunk = 4   # α values evaluated at once (vmap)
+  r.ablations = ()    # any of: all, last, robust_critical, topk
+  # Final test attack: PGD-10, 3 restarts, per-example worst case.
+  r.test_attack = pgd(8 / 255, 2 / 255, 10, restarts=3)
+  r.ood = ml_collections.ConfigDict(dict(
+      enabled=False,         # generated corruptions of the test split
+      corruptions="all", severities=(1, 2, 3, 4, 5), max_images=0,
+      per_corruption_max={"glass_blur": 100}, cache_dir=""))
+  return r

@@ -32,4 +32,18 @@ def get_config():
   c.attack = common.pgd(0.1, 0.03, 5, bn_mode="train")
   c.eval.batch_size = 500
   c.eval.attack = common.pgd(0.1, 0.025, 10)
+  # RiFT on top (launch/rift.py): the fixed MRC set and the final test attack
+  # use the same threat model; OOD = the Fashion-MNIST test subset corrupted
+  # with the 18 types of the official RiFT code (all but glass_blur, which
+  # costs ~2 s an image here), 5 severities, 300 images per cell.
+  c.data.test_size = 2000
+  c.rift.mrc.num_examples = 1000
+  c.rift.mrc.batch_size = 500
+  c.rift.mrc.attack = common.pgd(0.1, 0.025, 10)
+  c.rift.test_attack = common.pgd(0.1, 0.025, 10, restarts=3)
+  c.rift.finetune.optim.epochs = 6
+  c.rift.finetune.optim.lr_decay_epochs = (3,)
+  c.rift.ood.enabled = True
+  c.rift.ood.corruptions = "rift_code"
+  c.rift.ood.max_images = 300
   return c.lock()

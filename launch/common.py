@@ -38,8 +38,13 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def _first_line(e: BaseException) -> str:
-  text = str(e).strip() or type(e).__name__
-  return text.splitlines()[0] if text else type(e).__name__
+  """One line: the message's first line, plus the cause when a config file
+  raised (absl wraps that traceback into the flag error's text)."""
+  lines = [l.strip() for l in (str(e).strip() or type(e).__name__).splitlines()
+           if l.strip()]
+  if len(lines) > 1 and any(l.startswith("Traceback") for l in lines):
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
+  return lines[0]
 
 
 def _parse(argv):

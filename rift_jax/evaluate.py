@@ -32,11 +32,16 @@ class Evaluator:
   attack: AttackFn | None
   batch_size: int
   mesh: Any = None
+  # stacked=True: `variables` carry a leading axis (e.g. one θ(α) per α) and
+  # every model is evaluated on the same batches and attack keys with vmap.
+  stacked: bool = False
 
   def __post_init__(self):
     self.mesh = self.mesh or sharding.make_mesh()
     sharding.check_batch_size(self.batch_size, self.mesh, "eval.batch_size")
-    self._step = jax.jit(self._counts)
+    counts = (jax.vmap(self._counts, in_axes=(0, None, None, None, None))
+              if self.stacked else self._counts)
+    self._step = jax.jit(counts)
 
   def _counts(self, variables, x, y, mask, rng):
     logits_fn = lambda xa: self.fns.logits(variables, xa, train=False)
@@ -49,9 +54,12 @@ class Evaluator:
 
   def __call__(self, variables, split: data.Split, rng: jax.Array,
                desc: str | None = None) -> dict[str, float]:
-    """Accuracy in percent: {'clean', 'adv', 'n'} ('adv' = clean without attack)."""
+    """Accuracy in percent: {'clean', 'adv', 'n'} ('adv' = clean without attack).
+
+    With `stacked`, 'clean' and 'adv' are arrays with one value per model.
+    """
     variables = sharding.replicate(variables, self.mesh)
-    totals = np.zeros(2, np.int64)
+    totals = 0
     pending = []
     batches = data.eval_batches(split, self.batch_size,
                                 sharding.process_rows(self.mesh, self.batch_size))
@@ -61,8 +69,10 @@ class Evaluator:
       x, y, mask = sharding.shard_batch(self.mesh, x, y, mask)
       pending.append(self._step(variables, x, y, mask, jax.random.fold_in(rng, i)))
       if len(pending) > 2:  # keep the device busy; fetch with a lag
-        totals += np.asarray(jax.device_get(pending.pop(0)))
+        totals = totals + np.stack(jax.device_get(pending.pop(0)), -1)
     for p in pending:
-      totals += np.asarray(jax.device_get(p))
+      totals = totals + np.stack(jax.device_get(p), -1)
+    totals = np.asarray(totals, np.float64)
     n = len(split)
-    return {"clean": 100.0 * totals[0] / n, "adv": 100.0 * totals[1] / n, "n": n}
+    return {"clean": 100.0 * totals[..., 0] / n, "adv": 100.0 * totals[..., 1] / n,
+            "n": n}
