@@ -319,12 +319,13 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
   sharding.check_batch_size(batch_size, mesh, "eval.batch_size")
   variables = sharding.replicate(variables, mesh)
   n = len(split)
+  rows = sharding.process_rows(mesh, batch_size)
   clean_fn = _compiled_clean(fns)
   robust = np.zeros(n, bool)
-  batches = data.eval_batches(split, batch_size)
+  batches = data.eval_batches(split, batch_size, rows)
   for start, (x, y, mask) in zip(range(0, n, batch_size), batches):
     x, y, mask = sharding.shard_batch(mesh, x, y, mask)
-    correct = np.asarray(clean_fn(variables, x, y, mask))
+    correct = _to_host(clean_fn(variables, x, y, mask))
     robust[start:start + batch_size] = correct[:min(batch_size, n - start)]
   out = {"n": n, "clean": 100.0 * robust.mean(), "robust": {}}
   num_classes = int(jax.eval_shape(
@@ -336,19 +337,27 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
     bar = tqdm(runs, desc=attack.name, disable=not progress, leave=False)
     for r, rank in bar:
       todo = np.flatnonzero(robust)
-      batches = data.eval_batches(split.take(todo), batch_size)
+      batches = data.eval_batches(split.take(todo), batch_size, rows)
       for i, (x, y, mask) in enumerate(batches):
         idx = todo[i * batch_size:(i + 1) * batch_size]
         x, y, mask = sharding.shard_batch(mesh, x, y, mask)
         key = jax.random.fold_in(jax.random.fold_in(
             jax.random.fold_in(rng, k), r), i)
-        fooled = np.asarray(run_fn(variables, x, y, mask, key,
-                                   jnp.int32(rank)))[:idx.size]
+        fooled = _to_host(run_fn(variables, x, y, mask, key,
+                                 jnp.int32(rank)))[:idx.size]
         robust[idx[fooled]] = False
       bar.set_postfix(robust=f"{100.0 * robust.mean():.2f}%")
     out["robust"][attack.name] = 100.0 * robust.mean()
   out["robust_mask"] = robust.tolist()
   return out
+
+
+def _to_host(a: jax.Array) -> np.ndarray:
+  """A global batch-sharded array, whole, on every process."""
+  if jax.process_count() == 1:
+    return np.asarray(a)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 @functools.lru_cache(maxsize=None)
