@@ -101,25 +101,53 @@ def create_state(variables, tx, rng, extra=None) -> TrainState:
 # ------------------------------------------------------------ train step
 def make_train_step(ctx: objectives.Context, tx: optax.GradientTransformation,
                     objective: Callable, info: data.DatasetInfo | None,
-                    augment: bool = True, update_batch_stats: bool = True):
+                    augment: bool = True, update_batch_stats: bool = True,
+                    steps_per_epoch: int | None = None):
   """Returns `step(state, x, y) -> (state, metrics)`, jitted, state donated.
 
   x: `[batch, H, W, C]` float32 in [0, 1]; y: `[batch]` int32.
+  `objective` is an `objectives.Method` (or a plain objective function). One
+  step, in order:
+    1. x' = method.craft(θ)                  (inner maximisation, against θ)
+    2. v = method.perturb_weights(θ, x')     (AWP; else v = 0)
+    3. g = ∇_θ loss(θ + v; x, x')
+    4. g = g ⊙ method.grad_mask(θ, x')       (CURE's conserve/update split)
+    5. θ ← θ + optimiser(g, θ)               (v is not added back: removed)
+    6. extra ← method.update_extra(extra, θ) (CURE's revision model)
+  `steps_per_epoch` gives the hooks the (0-based) epoch (AWP's warm-up).
   """
+  method = objectives.from_objective(objective)
+  method.check(ctx)
+  spe = max(int(steps_per_epoch or 1), 1)
+
   def step(state: TrainState, x, y):
     rng, k_aug, k_obj = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
     if augment and info is not None:
       x = data.augment(k_aug, x, info.crop_padding, info.flip)
+    batch = objectives.Batch(x, y, None, k_obj)
+    if method.craft is not None:
+      batch = batch._replace(x_adv=method.craft(ctx, state.variables, x, y, k_obj))
+    at = state.params
+    if method.perturb_weights is not None:
+      epoch = state.step // spe if steps_per_epoch else jnp.zeros((), jnp.int32)
+      v = method.perturb_weights(ctx, state.params, state.batch_stats, batch, epoch)
+      at = jax.tree_util.tree_map(jnp.add, state.params, v)
     grad_fn = jax.value_and_grad(
-        lambda p: objective(ctx, p, state.batch_stats, x, y, k_obj), has_aux=True)
-    (loss, (batch_stats, metrics)), grads = grad_fn(state.params)
+        lambda p: method.loss(ctx, p, state.batch_stats, batch, state.extra),
+        has_aux=True)
+    (loss, (batch_stats, metrics)), grads = grad_fn(at)
+    if method.grad_mask is not None:
+      mask = method.grad_mask(ctx, state.params, state.batch_stats, batch)
+      grads = jax.tree_util.tree_map(jnp.multiply, grads, mask)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    extra = state.extra
+    if method.update_extra is not None:
+      extra = method.update_extra(ctx, extra, params, state.step + 1, rng)
     if not update_batch_stats:
       batch_stats = state.batch_stats
     new = state.replace(step=state.step + 1, params=params,
-                        batch_stats=batch_stats, opt_state=opt_state)
-    del rng
+                        batch_stats=batch_stats, opt_state=opt_state, extra=extra)
     return new, metrics
 
   return jax.jit(step, donate_argnums=0)
@@ -150,6 +178,18 @@ def objective_context(config, fns) -> objectives.Context:
   return objectives.Context(fns=fns, attack=attack_config(config.attack, "attack"),
                             attack_bn=config.attack.get("bn_mode", "train"),
                             hparams=hparams)
+
+
+def load_init_variables(init_from: str, target, expect_model: dict | None = None):
+  """Variables to start training from (`config.init_from`): a launch/train
+  workdir (its best-by-validation checkpoint) or a variables folder
+  (`checkpoint.save_variables`). Shaped like `target`; the recorded model
+  must match `expect_model`."""
+  path = os.path.abspath(os.path.expanduser(init_from))
+  best_dir = os.path.join(path, "checkpoints", "best")
+  variables, _ = checkpoint.load_variables(
+      best_dir if os.path.isdir(best_dir) else path, target, expect_model)
+  return variables
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -253,11 +293,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tx = make_optimizer(config.optim, steps_per_epoch)
   rng = jax.random.PRNGKey(int(config.seed))
   k_init, k_state, k_eval = jax.random.split(rng, 3)
+  objective.check(ctx)
+  init_from = config.get("init_from", "") or ""
+  if objective.starts_from_pretrained and not init_from:
+    raise UserError(f"method={config.method!r} fine-tunes a naturally trained "
+                    "model: set --config.init_from to a natural run's workdir "
+                    "or a variables folder")
   variables = models.init_variables(model, k_init, info.image_shape)
+  meta_model = model_meta(config, info)
+  if init_from:
+    variables = load_init_variables(init_from, variables, meta_model)
   extra_init = objectives.EXTRA_STATE.get(config.method)
   state = create_state(variables, tx, k_state,
                        extra_init(variables) if extra_init else None)
-  meta_model = model_meta(config, info)
 
   # Replicated before restoring, so Orbax restores straight into the mesh
   # layout on every host.
@@ -276,7 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(workdir, start_epoch if start_epoch else None)
 
   train_step = make_train_step(ctx, tx, objective, info,
-                               augment=bool(config.get("augment", True)))
+                               augment=bool(config.get("augment", True)),
+                               steps_per_epoch=steps_per_epoch)
   eval_attack = attack_config(config.eval.attack, "eval.attack")
   evaluator = evaluate.Evaluator(fns, evaluate.pgd_attack_fn(eval_attack),
                                  int(config.eval.batch_size), mesh)
@@ -339,3 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   latest.close()
   best.close()
   return TrainResult(best_vars, best_epoch, history, info, dataset)
+
+
+# AFT registers its slow-start-fast-decay schedule in EXTRA_SCHEDULES.
+from rift_jax import aft as _aft  # noqa: E402,F401

@@ -1,0 +1,140 @@
+"""Every method trains: a few compiled steps on tiny data lower its own loss;
+CURE and AFT start from a natural run and CURE's revision model is
+checkpointed; bad input is one line and exit code 2."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from rift_jax import data, models, objectives, train
+from rift_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INFO = data.INFO["synthetic"]
+
+
+def tiny_config(method, **hp):
+  c = common.base_config()
+  c.data.name = "synthetic"
+  c.data.val_size = 64
+  c.model.name, c.model.width = "small_cnn", 4
+  c.method = method
+  c.optim.lr, c.optim.batch_size, c.optim.epochs = 0.05, 32, 1
+  c.attack = common.pgd(0.1, 0.05, 2, bn_mode="train")
+  c.eval.batch_size, c.eval.attack = 64, common.pgd(0.1, 0.05, 2)
+  if hp:
+    c[method].update(hp)
+  return c
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+  raw = data.synthetic_splits(num_train=256, num_test=64, seed=0)
+  return data.split_dataset(INFO, raw, val_size=64)
+
+
+@pytest.fixture(scope="module")
+def init_vars():
+  """small_cnn width 4 variables, initialised once (a fresh copy per use)."""
+  model = train.build_model(tiny_config("natural"), INFO)
+  v = models.init_variables(model, jax.random.PRNGKey(0), INFO.image_shape)
+  return lambda: jax.tree_util.tree_map(jnp.array, v)
+
+
+@pytest.mark.parametrize("method,hp", [
+    ("natural", {}), ("pgd_at", {}), ("trades", {}), ("mart", {}), ("score", {}),
+    ("awp", {"gamma": 0.01}),
+    ("cure", {"p": 30.0})])
+def test_short_run_lowers_the_methods_loss(method, hp, tiny_data, init_vars):
+  config = tiny_config(method, **hp)
+  model = train.build_model(config, INFO)
+  fns = models.ModelFns(model)
+  ctx = train.objective_context(config, fns)
+  m = objectives.OBJECTIVES[method]
+  tx = train.make_optimizer(config.optim, 20)
+  variables = init_vars()
+  extra = m.init_extra(variables) if m.init_extra else None
+  start = [np.array(a) for a in jax.tree_util.tree_leaves(variables["params"])]
+  state = train.create_state(variables, tx, jax.random.PRNGKey(1), extra)
+  step = train.make_train_step(ctx, tx, m, INFO, augment=False,
+                               steps_per_epoch=4)
+  x = data.to_float(tiny_data.train.images[:64])
+  y = jnp.asarray(tiny_data.train.labels[:64])
+  key = jax.random.PRNGKey(7)
+
+  @jax.jit
+  def method_loss(params, batch_stats, extra):
+    return m(ctx, params, batch_stats, x, y, key, extra)[0]
+
+  def loss_now(s):  # the method's loss on a fixed batch with a fixed attack key
+    return float(method_loss(s.params, s.batch_stats, s.extra))
+
+  before = loss_now(state)
+  for i in range(12):
+    state, metrics = step(state, x[32 * (i % 2):32 * (i % 2 + 1)],
+                          y[32 * (i % 2):32 * (i % 2 + 1)])
+  after = loss_now(state)
+  assert np.isfinite(float(metrics["loss"]))
+  assert after < 0.9 * before, (method, before, after)
+  if method == "cure":   # the revision model moved towards θ, but lags it
+    rev = jax.tree_util.tree_leaves(state.extra["params"])
+    now = jax.tree_util.tree_leaves(state.params)
+    assert any(not np.allclose(a, b) for a, b in zip(rev, start))
+    assert any(not np.allclose(a, b) for a, b in zip(rev, now))
+
+
+def test_init_from_and_revision_checkpoint(tiny_data, init_vars, tmp_path):
+  from rift_jax import checkpoint
+  config = tiny_config("cure")
+  meta = {"model": train.model_meta(config, INFO)}
+  nat = init_vars()
+  nat["params"]["linear"]["bias"] = nat["params"]["linear"]["bias"] + 1.5
+  # init_from accepts a variables folder and a launch/train workdir (best).
+  checkpoint.save_variables(str(tmp_path / "vars"), nat, meta)
+  checkpoint.save_variables(str(tmp_path / "run" / "checkpoints" / "best"), nat,
+                            meta)
+  for src in ("vars", "run"):
+    got = train.load_init_variables(str(tmp_path / src), init_vars(),
+                                    meta["model"])
+    np.testing.assert_array_equal(got["params"]["linear"]["bias"],
+                                  nat["params"]["linear"]["bias"])
+  # θ_rev lives in TrainState.extra and survives a checkpoint round trip.
+  tx = train.make_optimizer(config.optim, 6)
+  state = train.create_state(nat, tx, jax.random.PRNGKey(0),
+                             objectives.EXTRA_STATE["cure"](nat))
+  ck = checkpoint.Checkpointer(str(tmp_path / "latest"))
+  ck.save(1, state, meta)
+  target = train.create_state(init_vars(), tx, jax.random.PRNGKey(0),
+                              objectives.EXTRA_STATE["cure"](init_vars()))
+  back, _ = ck.restore(target)
+  ck.close()
+  np.testing.assert_array_equal(back.extra["params"]["linear"]["bias"],
+                                nat["params"]["linear"]["bias"])
+  # CURE and AFT refuse to start from random weights.
+  for method in ("aft", "cure"):
+    with pytest.raises(UserError, match="init_from"):
+      train.train_and_evaluate(tiny_config(method), str(tmp_path / method),
+                               dataset=tiny_data)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--config.method=tradez", "method='tradez' is not allowed; choose one of"),
+    ("--config.cure.p=100", "cure.p=100.0 is outside the allowed range"),
+])
+def test_cli_bad_input_exit_2(override, needle, tmp_path):
+  args = [sys.executable, "-m", "launch.train", "--config=configs/quickstart.py",
+          "--config.data.name=synthetic", "--config.data.val_size=64",
+          "--config.model.name=small_cnn", "--config.model.width=4",
+          f"--workdir={tmp_path}", override]
+  if "cure" in override:
+    args += ["--config.method=cure", f"--config.init_from={tmp_path}"]
+  out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and needle in lines[0], out.stderr[-2000:]
