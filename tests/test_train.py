@@ -1,0 +1,97 @@
+"""Training: the step lowers the loss, kill-and-resume is exact, a non-finite
+loss stops with the last good checkpoint intact."""
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from rift_jax import attacks, checkpoint, models, objectives, train
+from tests.configs import tiny
+
+
+def _config(**over):
+  c = tiny.get_config()
+  c.unlock()
+  for k, v in over.items():
+    node = c
+    *path, leaf = k.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return c.lock()
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch(tiny_cnn, synthetic):
+  model, variables = tiny_cnn
+  optim = ml_collections.ConfigDict(dict(lr=0.05, momentum=0.9, weight_decay=5e-4,
+                                         epochs=1, schedule="constant"))
+  tx = train.make_optimizer(optim, 10)
+  ctx = objectives.Context(models.ModelFns(model),
+                           attacks.PGDConfig(0.03, 0.01, 2, unroll=False))
+  step = train.make_train_step(ctx, tx, objectives.pgd_at, synthetic.info,
+                               augment=False)
+  state = train.create_state(jax.tree_util.tree_map(jnp.copy, variables), tx,
+                             jax.random.PRNGKey(0))
+  x = jnp.asarray(synthetic.train.images[:64] / 255.0, jnp.float32)
+  y = jnp.asarray(synthetic.train.labels[:64])
+  losses = []
+  for _ in range(15):
+    state, m = step(state, x, y)
+    losses.append(float(m["loss"]))
+  assert losses[-1] < 0.7 * losses[0], losses
+  assert int(state.step) == 15
+
+
+def test_kill_and_resume_gives_the_same_parameters(tmp_path, synthetic):
+  cfg = _config(**{"optim.epochs": 3})
+  full = train.train_and_evaluate(cfg, str(tmp_path / "full"), dataset=synthetic)
+  part = str(tmp_path / "part")
+  train.train_and_evaluate(cfg, part, dataset=synthetic, stop_after_epoch=1)
+  resumed = train.train_and_evaluate(cfg, part, dataset=synthetic)
+  assert [h["epoch"] for h in resumed.history] == [2, 3]
+  ckpt = lambda d: checkpoint.Checkpointer(os.path.join(d, "checkpoints", "latest"))
+  target = jax.device_get(full.variables)
+  a = ckpt(str(tmp_path / "full")).restore(
+      train.create_state(target, train.make_optimizer(cfg.optim, 1),
+                         jax.random.PRNGKey(0)))[0]
+  b = ckpt(part).restore(a)[0]
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The metrics file has each epoch once.
+  with open(os.path.join(part, "metrics.jsonl")) as f:
+    assert [int(l.split('"epoch": ')[1].split(",")[0]) for l in f] == [1, 2, 3]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synthetic):
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(_config(**{"optim.epochs": 2}), wd, dataset=synthetic,
+                           stop_after_epoch=1)
+  latest = os.path.join(wd, "checkpoints", "latest")
+  before = sorted(os.listdir(latest))
+  bad = _config(**{"optim.epochs": 2, "optim.lr": 1e30})
+  with pytest.raises(train.NonFiniteLoss, match="last good checkpoint is kept"):
+    train.train_and_evaluate(bad, wd, dataset=synthetic)
+  assert sorted(os.listdir(latest)) == before
+  meta = checkpoint.Checkpointer(latest).read_meta()
+  assert meta["epoch"] == 1
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, synthetic):
+  wd = str(tmp_path / "run")
+  train.train_and_evaluate(_config(**{"optim.epochs": 1}), wd, dataset=synthetic)
+  from rift_jax.errors import UserError
+  with pytest.raises(UserError, match=r"another model: width=4 \(config asks 8\)"):
+    train.train_and_evaluate(_config(**{"optim.epochs": 2, "model.width": 8}), wd,
+                             dataset=synthetic)
+
+
+def test_piecewise_schedule_matches_the_paper_recipe():
+  optim = ml_collections.ConfigDict(dict(lr=0.1, epochs=110, schedule="piecewise",
+                                         lr_decay_epochs=(100, 105),
+                                         lr_decay_factor=0.1))
+  s = train.make_schedule(optim, steps_per_epoch=10)
+  np.testing.assert_allclose([s(0), s(999), s(1000), s(1049), s(1050), s(1099)],
+                             [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
