@@ -138,3 +138,29 @@ def test_cli_bad_input_exit_2(override, needle, tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and needle in lines[0], out.stderr[-2000:]
+
+
+def test_report_collects_rift_and_train_rows(tmp_path):
+  import json
+  from launch import report
+  assert report.nrr(80.0, 40.0) == pytest.approx(2 * 80 * 40 / 120)
+  rift = tmp_path / "rift_trades"
+  rift.mkdir()
+  (rift / "results.json").write_text(json.dumps({
+      "method": "trades", "module": "layer2.1.conv2", "alpha": 0.6,
+      "at": {"clean": 80.0, "adv": 40.0, "ood": 70.0},
+      "rift": {"clean": 82.5, "adv": 40.1, "ood": 71.0}, "timing_s": {"a": 5}}))
+  cure_dir = tmp_path / "cure"
+  (cure_dir / "eval").mkdir(parents=True)
+  (cure_dir / "test_results.json").write_text(json.dumps(
+      {"test_clean": 85.0, "test_adv": 50.0}))
+  (cure_dir / "config.json").write_text(json.dumps({"method": "cure"}))
+  (cure_dir / "eval" / "eval_results.json").write_text(json.dumps(
+      {"clean": 85.0, "attacks": {"pgd": {"final": 48.0},
+                                  "autoattack": {"final": 45.0}}}))
+  rows = [report.collect(str(d)) for d in (rift, cure_dir)]
+  text = report.markdown(rows)
+  assert "| trades | 80.00 | 40.00 | 70.00 | 82.50 | 40.10 | 71.00 | 2.50 |" in text
+  # CURE: Rob = the AutoAttack-style number, NRR = 2·85·45/130 = 58.85.
+  assert "| cure | cure | 85.00 | 48.00 | 45.00 | 58.85 |" in text
+  assert report.collect(str(tmp_path)) is None
