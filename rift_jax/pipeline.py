@@ -76,6 +76,23 @@ def validate_rift_config(config) -> None:
                     f"data.val_size={config.data.val_size}")
 
 
+def _check_modules_early(config) -> None:
+  """Module names and filters are checked on the abstract model (no compute),
+  so a typo fails in a second, not after training θ_AT."""
+  check_choice("data.name", config.data.name, data.DATASET_NAMES)
+  info = data.INFO[config.data.name]
+  model = train.build_model(config, info)
+  abstract = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jax.numpy.zeros((1, *info.image_shape)), train=False))
+  params = abstract["params"]
+  r = config.rift
+  models.resolve_modules(params, r.mrc.include or None, r.mrc.exclude or None)
+  if r.finetune.target == "modules":
+    if not r.finetune.modules:
+      raise UserError("rift.finetune.target='modules' needs rift.finetune.modules")
+    models.resolve_modules(params, list(r.finetune.modules))
+
+
 # ----------------------------------------------------------------- stages
 def stage_theta_at(config, workdir, dataset, timer):
   """θ_AT: loaded from rift.at_checkpoint, or trained into workdir/at."""
@@ -237,6 +254,7 @@ def test_metrics(config, fns, variables, dataset, ood_sets, mesh, tag) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole pipeline; returns results.json's content."""
   validate_rift_config(config)
+  _check_modules_early(config)
   workdir = train.prepare_workdir(workdir)
   cfg_path = _path(workdir, "rift_config.json")
   if os.path.exists(cfg_path):
