@@ -91,7 +91,11 @@ def rift_config() -> ml_collections.ConfigDict:
   # Final test attack: PGD-10, 3 restarts, per-example worst case.
   r.test_attack = pgd(8 / 255, 2 / 255, 10, restarts=3)
   r.ood = ml_collections.ConfigDict(dict(
-      enabled=False,         # generated corruptions of the test split
+      enabled=False,
+      # generated (corrupt the test split, cached) | cifar10_c (TFDS
+      # cifar10_corrupted in data_dir) | cifar100_c (<root>/<name>.npy) |
+      # tiny_imagenet_c (<root>/<name>/<severity>/<wnid>/*.JPEG)
+      source="generated", root="",
       corruptions="all", severities=(1, 2, 3, 4, 5), max_images=0,
       per_corruption_max={"glass_blur": 100}, cache_dir=""))
   return r

@@ -33,6 +33,7 @@ from rift_jax import (attacks, checkpoint, data, evaluate, finetune, interpolate
                       models, mrc, sharding, train)
 from rift_jax.errors import UserError, check_choice, check_range
 
+OOD_SOURCES = ("generated", "cifar10_c", "cifar100_c", "tiny_imagenet_c")
 TARGETS = ("non_robust_critical", "robust_critical", "all", "last", "topk",
            "modules")
 
@@ -70,6 +71,7 @@ def validate_rift_config(config) -> None:
   if r.ood.enabled:
     from rift_jax import corruptions
     corruptions.resolve_names(r.ood.corruptions)
+    check_choice("rift.ood.source", r.ood.source, OOD_SOURCES)
   check_range("rift.mrc.num_examples", int(r.mrc.num_examples), 1)
   if int(r.mrc.num_examples) > int(config.data.val_size):
     raise UserError(f"rift.mrc.num_examples={r.mrc.num_examples} exceeds "
@@ -223,8 +225,16 @@ def _ood_sets(config, workdir, dataset):
   o = config.rift.ood
   if not o.enabled:
     return None
-  cache = os.path.expanduser(o.cache_dir) if o.cache_dir else _path(workdir, "ood_cache")
   names = corruptions.resolve_names(o.corruptions)
+  source = o.get("source", "generated")
+  root = os.path.expanduser(o.get("root", "") or config.data.data_dir)
+  if source == "cifar10_c":
+    return corruptions.load_cifar10_c(root, names, tuple(o.severities))
+  if source == "cifar100_c":
+    return corruptions.load_cifar100_c(root, names, tuple(o.severities))
+  if source == "tiny_imagenet_c":
+    return corruptions.load_tiny_imagenet_c(root, names, tuple(o.severities))
+  cache = os.path.expanduser(o.cache_dir) if o.cache_dir else _path(workdir, "ood_cache")
   return corruptions.generate(
       dataset.test, names, tuple(o.severities), max_images=int(o.max_images) or None,
       per_corruption_max=dict(o.per_corruption_max), seed=int(config.seed),

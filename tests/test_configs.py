@@ -1,0 +1,30 @@
+"""Every shipped config builds, is locked, and passes the RiFT checks."""
+import pytest
+
+from configs import paper, quickstart
+from rift_jax import pipeline
+
+
+@pytest.mark.parametrize("variant", [f"{d},{m}" for d in paper.DATASETS
+                                     for m in paper.MODELS] + ["cifar10,resnet18,trades"])
+def test_paper_configs_validate(variant):
+  c = paper.get_config(variant)
+  pipeline.validate_rift_config(c)
+  pipeline._check_modules_early(c)  # builds the abstract model of that size
+  assert c.rift.finetune.optim.lr == 1e-3 and c.rift.mrc.epsilon == 0.1
+  assert c.attack.epsilon == pytest.approx(8 / 255)
+  assert c.attack.step_size == pytest.approx(2 / 255)  # not the official 2/225 typo
+  with pytest.raises(AttributeError):
+    c.rift.not_a_field = 1  # locked: a misspelt override is an error
+
+
+def test_quickstart_is_the_offline_default():
+  c = quickstart.get_config()
+  pipeline.validate_rift_config(c)
+  assert c.data.name == "fashion_mnist" and c.data.source == "debian"
+  assert c.rift.ood.enabled
+
+
+def test_bad_variant_names_the_allowed_ones():
+  with pytest.raises(ValueError, match="dataset in cifar10, cifar100, tiny_imagenet"):
+    paper.get_config("mnist,resnet18")
