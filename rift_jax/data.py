@@ -126,6 +126,7 @@ def _fashion_mnist_from_idx(directory: str) -> dict[str, Split]:
 # ------------------------------------------------------------------- TFDS
 def _quiet_tf():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only feeds data here
   import tensorflow as tf  # TFDS needs it; keep it off the accelerators.
   try:
     tf.config.set_visible_devices([], "GPU")
