@@ -164,10 +164,12 @@ def test_select_alpha_on_hand_made_curves():
     interpolate.check_alphas([0.0, 1.5])
 
 
-def test_pipeline_end_to_end_and_resume(tmp_path):
+def test_launch_rift_end_to_end_resume_and_ablations(tmp_path):
+  from tests.conftest import run_cli
   wd = str(tmp_path / "rift")
-  cfg = tiny.get_config()
-  res = pipeline.run(cfg, wd)
+  proc = run_cli("launch.rift", "--config=tests/configs/tiny.py", f"--workdir={wd}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "AT+RiFT clean" in proc.stdout
   with open(os.path.join(wd, "results.json")) as f:
     saved = json.load(f)
   for part in ("at", "rift"):
@@ -177,6 +179,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
   assert saved["alpha"] in [c["alpha"] for c in saved["interpolation"]]
   assert set(saved["timing_s"]) >= {"train_at", "fixed_set", "mrc", "finetune",
                                     "interpolate", "test"}
+  assert saved["config"]["model"]["name"] == "small_cnn"
   for f in ("report.md", "mrc.png", "interpolation.png", "fixed_set.npz"):
     assert os.path.exists(os.path.join(wd, f))
   # α = 0 on validation is θ_AT: the chosen α keeps robust accuracy within 0.1 pp.
@@ -184,7 +187,18 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
   chosen = [c for c in saved["interpolation"] if c["alpha"] == saved["alpha"]][0]
   assert chosen["adv"] >= ref["adv"] - 0.1 - 1e-9
   stamps = {f: os.path.getmtime(os.path.join(wd, f))
-            for f in ("fixed_set.npz", "mrc.json", "timing.json")}
+            for f in ("fixed_set.npz", "mrc.json", "timing.json", "results.json")}
+  cfg = tiny.get_config()
   again = pipeline.run(cfg, wd)  # every stage is found finished and skipped
-  assert again["rift"] == res["rift"]
+  assert again["rift"] == saved["rift"]
   assert stamps == {f: os.path.getmtime(os.path.join(wd, f)) for f in stamps}
+  # Ablations (paper Table 3) on the same θ_AT: one flag, a table in report.md.
+  cfg.unlock()
+  cfg.rift.at_checkpoint = os.path.join(wd, "at")
+  cfg.rift.ablations = ("last",)
+  cfg.rift.ood.enabled = False
+  abl = pipeline.run(cfg, str(tmp_path / "abl"))
+  assert abl["ablations"]["last"]["modules"] == ["linear"]
+  assert abl["at"]["clean"] == pytest.approx(saved["at"]["clean"])
+  with open(tmp_path / "abl" / "report.md") as f:
+    assert "## Ablations" in f.read()
