@@ -52,15 +52,18 @@ NUM_CLASSES = 10
 
 
 # ----------------------------------------------------------------- timing
-def _timed(fn, reps: int) -> tuple[float, list[float]]:
-  """Runs fn once to warm up, then `reps` times; (best, all) seconds."""
+def _timed(fn, reps: int) -> tuple[float, list[float], float]:
+  """Runs fn once to warm up, then `reps` times: (best, all) wall seconds and
+  the least process CPU seconds of a run (all threads; on a machine shared
+  with other jobs the CPU time is the steadier measure of the work)."""
   fn()
-  times = []
+  times, cpu = [], []
   for _ in range(reps):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     times.append(time.perf_counter() - t0)
-  return min(times), times
+    cpu.append(time.process_time() - c0)
+  return min(times), times, min(cpu)
 
 
 _T0 = time.perf_counter()
@@ -89,14 +92,15 @@ def torch_twin(width: int, variables):
 
 
 # -------------------------------------------------------------- JAX parts
-def matmul_flops_per_s(n: int, reps: int) -> float:
+def matmul_flops_per_s(n: int, reps: int) -> tuple[float, float]:
+  """FLOP/s of an n x n float32 matmul: per wall second, per CPU second."""
   import jax
   import jax.numpy as jnp
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
   f = jax.jit(jnp.matmul)
-  best, _ = _timed(lambda: f(a, b).block_until_ready(), max(reps, 3))
-  return 2.0 * n**3 / best
+  best, _, cpu = _timed(lambda: f(a, b).block_until_ready(), max(reps, 3))
+  return 2.0 * n**3 / best, 2.0 * n**3 / cpu
 
 
 def _cost_flops(compiled) -> float:
@@ -144,8 +148,9 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   key = jax.random.PRNGKey(1)
 
   _log("matmul")
-  peak = matmul_flops_per_s(matmul_n, reps)
+  peak, peak_cpu = matmul_flops_per_s(matmul_n, reps)
   out["matmul_gflops_per_s"] = peak / 1e9
+  out["matmul_gflops_per_cpu_s"] = peak_cpu / 1e9
   out["matmul_size"] = matmul_n
 
   _log("JAX PGD attack, unrolled ('auto' on CPU) and rolled")
@@ -160,7 +165,9 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   pgd_compiled = make_attack(unroll).lower(v, x, y, key).compile()
   out["pgd_compile_s"] = time.perf_counter() - t0
   flops = _cost_flops(pgd_compiled)
-  best, times = _timed(lambda: pgd_compiled(v, x, y, key).block_until_ready(), reps)
+  best, times, cpu_pgd = _timed(
+      lambda: pgd_compiled(v, x, y, key).block_until_ready(), reps)
+  out["jax_pgd_cpu_s_per_batch"] = cpu_pgd
   out["jax_pgd_unroll"] = str(unroll)
   out["jax_pgd_s_per_batch"] = best
   out["jax_pgd_s_all"] = times
@@ -168,9 +175,11 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   out["pgd_flops_per_batch"] = flops
   out["pgd_achieved_gflops_per_s"] = flops / best / 1e9
   out["pgd_flops_fraction_of_peak"] = flops / best / peak
+  # The same ratio in CPU time (matmul peak and attack both per CPU-second).
+  out["pgd_flops_fraction_of_peak_cpu_time"] = (flops / cpu_pgd) / peak_cpu
   if rolled:
     rolled_c = make_attack(False).lower(v, x, y, key).compile()
-    t_rolled, all_rolled = _timed(lambda: rolled_c(v, x, y, key).block_until_ready(),
+    t_rolled, all_rolled, _ = _timed(lambda: rolled_c(v, x, y, key).block_until_ready(),
                                   1)
     out["jax_pgd_rolled_s_per_batch"] = t_rolled
     out["jax_pgd_rolled_s_all"] = all_rolled
@@ -200,7 +209,8 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   def jax_at():
     holder[0], m = step_c(holder[0], x, y)
     m["loss"].block_until_ready()
-  best_at, times_at = _timed(jax_at, reps)
+  best_at, times_at, cpu_at = _timed(jax_at, reps)
+  out["jax_at_step_cpu_s"] = cpu_at
   out["jax_at_step_s"] = best_at
   out["jax_at_step_s_all"] = times_at
   out["jax_at_img_per_s"] = batch / best_at
@@ -236,7 +246,7 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
 
   def one_alpha():
     evaluator(stack(variables, theta_ft, alpha), split, key)
-  out["interpolation_seconds_per_alpha"], out["interpolation_s_all"] = _timed(
+  out["interpolation_seconds_per_alpha"], out["interpolation_s_all"], _ = _timed(
       one_alpha, reps)
   out["interpolation_setting"] = (
       "rift_jax.interpolate.interpolate_stack + evaluate.Evaluator(stacked=True) "
@@ -256,7 +266,9 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
 
   atk = torchattacks.PGD(tmodel, eps=EPSILON, alpha=STEP_SIZE, steps=num_steps,
                          random_start=True)
-  best_t, times_t = _timed(lambda: atk(xt, yt), reps)
+  best_t, times_t, cpu_t = _timed(lambda: atk(xt, yt), reps)
+  out["torch_pgd_cpu_s_per_batch"] = cpu_t
+  out["pgd_speedup_vs_torch_cpu_time"] = cpu_t / cpu_pgd
   out["torch_pgd_s_per_batch"] = best_t
   out["torch_pgd_s_all"] = times_t
   out["torch_pgd_img_per_s"] = batch / best_t
@@ -278,7 +290,9 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-  best_tat, times_tat = _timed(torch_at, reps)
+  best_tat, times_tat, cpu_tat = _timed(torch_at, reps)
+  out["torch_at_step_cpu_s"] = cpu_tat
+  out["at_step_speedup_vs_torch_cpu_time"] = cpu_tat / cpu_at
   out["torch_at_step_s"] = best_tat
   out["torch_at_step_s_all"] = times_tat
   out["torch_at_img_per_s"] = batch / best_tat
