@@ -77,3 +77,12 @@ def shard_batch(mesh: Mesh, *arrays):
     out = tuple(jax.make_array_from_process_local_data(sharding, a)
                 for a in arrays)
   return out if len(out) > 1 else out[0]
+
+
+def to_host(x) -> np.ndarray:
+  """The whole global array as numpy on every process (a batch-sharded array
+  is not addressable from one host alone in a multi-host run)."""
+  if jax.process_count() == 1 or x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -178,10 +178,13 @@ def process_check(out_dir: str) -> None:
   rows = sharding.process_rows(sharding.make_mesh(), GLOBAL_BATCH)
   config = tiny_config(**{"data.train_size": 2 * GLOBAL_BATCH})
   result = train.train_and_evaluate(config, os.path.join(out_dir, "workdir"))
+  mesh = sharding.make_mesh()
+  gathered = sharding.to_host(sharding.shard_batch(
+      mesh, np.arange(GLOBAL_BATCH, dtype=np.int32)[rows]))
   name = "result" if jax.process_index() == 0 else f"result_{jax.process_index()}"
   np.savez(os.path.join(out_dir, name + ".npz"), **_flat(result.variables))
   with open(os.path.join(out_dir, name + ".json"), "w") as f:
-    json.dump({"rows": [rows.start, rows.stop],
+    json.dump({"rows": [rows.start, rows.stop], "gathered": gathered.tolist(),
                "process_count": jax.process_count(),
                "device_count": jax.device_count(),
                "history": result.history, "best_epoch": result.best_epoch},

@@ -19,7 +19,7 @@ def test_reduced_benchmark_writes_every_key(tmp_path):
   out = tmp_path / "bench.json"
   proc = subprocess.run([sys.executable, "-m", "launch.benchmark", f"--out={out}",
                          "--reduced"], cwd=ROOT, env=ENV, capture_output=True,
-                        text=True, timeout=300)
+                        text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
   for key in REQUIRED:

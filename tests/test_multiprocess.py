@@ -32,7 +32,7 @@ def _start(out_dir, *flags):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait(procs, timeout=240):
+def _wait(procs, timeout=900):
   outs = []
   try:
     for p in procs:
@@ -67,6 +67,7 @@ def test_two_processes_agree_with_one(tmp_path):
   assert [r["rows"] for r, _ in results] == [[0, 4], [4, 8]]  # half a batch each
   for two, two_vars in results:
     assert (two["process_count"], two["device_count"]) == (2, 2)
+    assert two["gathered"] == list(range(8))  # sharding.to_host of the rows
     # Same training (loss per epoch, best variables), same validation counts.
     assert len(two["history"]) == len(ref["history"]) == 2
     for r, t in zip(ref["history"], two["history"]):

@@ -22,7 +22,7 @@ TWO_DEVICES = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count
 TOL = 1e-5
 
 
-def _run(args, env, timeout=240):
+def _run(args, env, timeout=900):
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
