@@ -52,11 +52,14 @@ NUM_CLASSES = 10
 
 
 # ----------------------------------------------------------------- timing
-def _timed(fn, reps: int) -> tuple[float, list[float], float]:
-  """Runs fn once to warm up, then `reps` times: (best, all) wall seconds and
+def _timed(fn, reps: int, warmup: bool = True
+           ) -> tuple[float, list[float], float]:
+  """Runs fn once to warm up (not needed for a function compiled ahead of
+  time with `.lower().compile()`), then `reps` times: (best, all) wall seconds and
   the least process CPU seconds of a run (all threads; on a machine shared
   with other jobs the CPU time is the steadier measure of the work)."""
-  fn()
+  if warmup:
+    fn()
   times, cpu = [], []
   for _ in range(reps):
     t0, c0 = time.perf_counter(), time.process_time()
@@ -111,7 +114,10 @@ def _cost_flops(compiled) -> float:
 
 
 def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
-        rolled: bool, matmul_n: int, mrc_modules: int = 4) -> dict:
+        rolled: bool, matmul_n: int, mrc_modules: int = 3,
+        save=lambda out: None) -> dict:
+  """All measurements; `save(partial_results)` runs after each phase, so a
+  run cut short still leaves what it measured."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -165,8 +171,9 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   pgd_compiled = make_attack(unroll).lower(v, x, y, key).compile()
   out["pgd_compile_s"] = time.perf_counter() - t0
   flops = _cost_flops(pgd_compiled)
-  best, times, cpu_pgd = _timed(
-      lambda: pgd_compiled(v, x, y, key).block_until_ready(), reps)
+  last = [None]  # the adversarial batch, reused as MRC's fixed set
+  best, times, cpu_pgd = _timed(lambda: last.__setitem__(
+      0, pgd_compiled(v, x, y, key).block_until_ready()), reps, warmup=False)
   out["jax_pgd_cpu_s_per_batch"] = cpu_pgd
   out["jax_pgd_unroll"] = str(unroll)
   out["jax_pgd_s_per_batch"] = best
@@ -209,51 +216,15 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   def jax_at():
     holder[0], m = step_c(holder[0], x, y)
     m["loss"].block_until_ready()
-  best_at, times_at, cpu_at = _timed(jax_at, reps)
+  best_at, times_at, cpu_at = _timed(jax_at, reps, warmup=False)
   out["jax_at_step_cpu_s"] = cpu_at
   out["jax_at_step_s"] = best_at
   out["jax_at_step_s_all"] = times_at
   out["jax_at_img_per_s"] = batch / best_at
   del holder, state
 
-  _log("MRC: seconds per module, after the first (compiling) module")
-  x_adv = np.asarray(pgd_compiled(v, x, y, key))
-  modules = models.resolve_modules(variables["params"],
-                                   ["layer2.1.conv2", "layer3.1.conv2",
-                                    "layer4.1.conv1", "linear"][:mrc_modules])
-  stamps = []
-  mrc.module_robust_criticality(
-      lambda vv, xx: fns.logits(vv, xx, train=False), variables, x_adv, y_np,
-      modules=modules, num_passes=1, batch_size=batch, mesh=mesh,
-      on_step=lambda *_: stamps.append(time.perf_counter()))
-  per_module = np.diff(stamps)
-  out["mrc_seconds_per_module"] = float(np.min(per_module))
-  out["mrc_seconds_per_module_all"] = per_module.tolist()
-  out["mrc_setting"] = ("rift_jax.mrc.module_robust_criticality, 1 pass over a "
-                        f"fixed set of {batch} adversarial images, batch {batch}: "
-                        "ascent step, projection, loss/accuracy evaluation; "
-                        "compiled before timing")
-
-  _log("interpolation: θ(α), clean + PGD evaluation of one batch per α")
-  from rift_jax import data
-  theta_ft = jax.tree_util.tree_map(lambda a: a * 1.01, variables)
-  split = data.Split((x_np * 255).astype(np.uint8), y_np)
-  evaluator = evaluate.Evaluator(fns, evaluate.pgd_attack_fn(attacks.PGDConfig(
-      epsilon=EPSILON, step_size=STEP_SIZE, num_steps=num_steps)), batch, mesh,
-      stacked=True)
-  alpha = jnp.asarray([0.5], jnp.float32)
-  stack = jax.jit(interpolate.interpolate_stack)
-
-  def one_alpha():
-    evaluator(stack(variables, theta_ft, alpha), split, key)
-  out["interpolation_seconds_per_alpha"], out["interpolation_s_all"], _ = _timed(
-      one_alpha, reps)
-  out["interpolation_setting"] = (
-      "rift_jax.interpolate.interpolate_stack + evaluate.Evaluator(stacked=True) "
-      f"(as evaluate_alphas with chunk=1): clean + PGD-{num_steps} on {batch} "
-      "images; compiled before timing")
-  out["peak_rss_mb_after_jax"] = _rss_mb()
-
+  out["peak_rss_mb_before_torch"] = _rss_mb()
+  save(out)
   _log("PyTorch eager: the same model, weights and batch")
   tmodel = torch_twin(width, variables)
   tmodel.eval()
@@ -297,6 +268,46 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   out["torch_at_step_s_all"] = times_tat
   out["torch_at_img_per_s"] = batch / best_tat
   out["at_step_speedup_vs_torch"] = best_tat / best_at
+  save(out)
+
+  _log("MRC: seconds per module, after the first (compiling) module")
+  x_adv = sharding.to_host(last[0])
+  modules = models.resolve_modules(variables["params"],
+                                   ["layer2.1.conv2", "layer3.1.conv2",
+                                    "layer4.1.conv1", "linear"][:mrc_modules])
+  stamps = []
+  mrc.module_robust_criticality(
+      lambda vv, xx: fns.logits(vv, xx, train=False), variables, x_adv, y_np,
+      modules=modules, num_passes=1, batch_size=batch, mesh=mesh,
+      on_step=lambda *_: stamps.append(time.perf_counter()))
+  per_module = np.diff(stamps)
+  out["mrc_seconds_per_module"] = float(np.min(per_module))
+  out["mrc_seconds_per_module_all"] = per_module.tolist()
+  out["mrc_setting"] = ("rift_jax.mrc.module_robust_criticality, 1 pass over a "
+                        f"fixed set of {batch} adversarial images, batch {batch}: "
+                        "ascent step, projection, loss/accuracy evaluation; "
+                        "compiled before timing")
+
+  _log("interpolation: θ(α), clean + PGD evaluation of one batch per α")
+  from rift_jax import data
+  theta_ft = jax.tree_util.tree_map(lambda a: a * 1.01, variables)
+  split = data.Split((x_np * 255).astype(np.uint8), y_np)
+  evaluator = evaluate.Evaluator(fns, evaluate.pgd_attack_fn(attacks.PGDConfig(
+      epsilon=EPSILON, step_size=STEP_SIZE, num_steps=num_steps)), batch, mesh,
+      stacked=True)
+  alpha = jnp.asarray([0.5], jnp.float32)
+  stack = jax.jit(interpolate.interpolate_stack)
+
+  def one_alpha():
+    evaluator(stack(variables, theta_ft, alpha), split, key)
+  out["interpolation_seconds_per_alpha"], out["interpolation_s_all"], _ = _timed(
+      one_alpha, reps)
+  out["interpolation_setting"] = (
+      "rift_jax.interpolate.interpolate_stack + evaluate.Evaluator(stacked=True) "
+      f"(as evaluate_alphas with chunk=1): clean + PGD-{num_steps} on {batch} "
+      "images; compiled before timing")
+  save(out)
+
   out["peak_rss_mb"] = _rss_mb()
   return out
 
@@ -313,7 +324,7 @@ def main():
   if not FLAGS.out:
     raise UserError("--out is required (the JSON file to write)")
   if FLAGS.reduced:
-    kw = dict(width=4, batch=8, num_steps=2, reps=1, matmul_n=512, mrc_modules=2)
+    kw = dict(width=4, batch=8, num_steps=1, reps=1, matmul_n=512, mrc_modules=2)
   else:
     kw = dict(width=FLAGS.width, batch=FLAGS.batch_size, num_steps=FLAGS.num_steps,
               reps=FLAGS.reps, matmul_n=2048)
@@ -323,10 +334,12 @@ def main():
   out_path = os.path.abspath(FLAGS.out)
   if not os.path.isdir(os.path.dirname(out_path)):
     raise UserError(f"--out={FLAGS.out!r}: folder does not exist")
+  def save(partial):
+    train.write_json(out_path, dict(partial, reduced=FLAGS.reduced,
+                                    peak_rss_mb=_rss_mb()))
   result = run(threads=FLAGS.threads or os.cpu_count(),
-               rolled=FLAGS.rolled and not FLAGS.reduced, **kw)
-  result["reduced"] = FLAGS.reduced
-  train.write_json(out_path, result)
+               rolled=FLAGS.rolled and not FLAGS.reduced, save=save, **kw)
+  save(result)
   for k in REQUIRED_KEYS:
     print(f"{k}: {result[k]:.4g}")
 

@@ -97,7 +97,8 @@ def test_no_recompilation_across_epochs(tmp_path, monkeypatch):
       at_epoch_end[rec["epoch"]] = n[0]
       return write(self, rec)
     monkeypatch.setattr(train.MetricWriter, "write", record)
-    train.train_and_evaluate(tiny_config(**{"optim.epochs": 3}), str(tmp_path))
+    train.train_and_evaluate(tiny_config(**{"optim.epochs": 3, "data.train_size": 16}),
+                             str(tmp_path))
   # Epoch 3 (training, the padded validation batches) and epoch 2's
   # checkpoints compile nothing: everything was compiled in epoch 1.
   assert at_epoch_end[1] > 0
