@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from _mp_worker import tiny_config
+from tests._mp_worker import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWO_DEVICES = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
