@@ -332,7 +332,10 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
       lambda v, x: fns.logits(v, x, train=False), variables,
       jnp.zeros((1,) + split.images.shape[1:], jnp.float32)).shape[-1])
   for k, attack in enumerate(suite):
-    run_fn = _compiled_run(fns, attack.cfg)
+    # One compiled run serves every restart and target: key on what it uses.
+    run_fn = _compiled_run(fns, dataclasses.replace(
+        attack.cfg, restarts=1, **({"num_target_classes": 1}
+                                   if isinstance(attack.cfg, APGDConfig) else {})))
     runs = attack.runs(num_classes)
     bar = tqdm(runs, desc=attack.name, disable=not progress, leave=False)
     for r, rank in bar:

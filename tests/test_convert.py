@@ -9,7 +9,7 @@ from rift_jax.errors import UserError
 torch = pytest.importorskip(
     "torch", reason="torch is not installed (pip install .[torch]); the "
     "PyTorch cross-checks need it")
-import torch_reference  # noqa: E402  (tests/ is on sys.path under pytest)
+from tests import torch_reference  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 # (our name, width, input shape); small widths, the real depths.
