@@ -70,7 +70,8 @@ def collect(workdir: str) -> dict | None:
     return {"kind": "rift", "run": name, "method": rift.get("method", "?"),
             "base": rift["at"], "rift": rift["rift"],
             "module": rift.get("module"), "alpha": rift.get("alpha"),
-            "seconds": sum((rift.get("timing_s") or {}).values()) or None}
+            "seconds": sum((rift.get("timing_s") or {}).values()) or None,
+            "train_seconds": (rift.get("timing_s") or {}).get("train_at")}
   test = _read(os.path.join(workdir, "test_results.json"))
   if test is None:
     return None
@@ -114,12 +115,13 @@ def markdown(rows: list[dict]) -> str:
     out.append("")
   out += ["Natural-robust trade-off (test; NRR = 2·Nat·Rob/(Nat+Rob), Rob = "
           "AutoAttack-style if measured, else PGD):", "",
-          "| method | run | clean | PGD | AutoAttack-style | NRR | time (s) |",
+          "| method | run | clean | PGD | AutoAttack-style | NRR | train (s) |",
           "|---|---|---|---|---|---|---|"]
   for r in rows:
     if r["kind"] == "rift":
       b = r["base"]
-      clean, pgd, aa, secs = b.get("clean"), b.get("adv"), None, None
+      clean, pgd, aa = b.get("clean"), b.get("adv"), None
+      secs = r.get("train_seconds")
     else:
       clean, pgd, aa, secs = r["clean"], r["pgd"], r["aa"], r["seconds"]
     rob = aa if aa is not None else pgd
