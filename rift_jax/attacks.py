@@ -1,7 +1,7 @@
 """Projected gradient attacks on inputs, composed of small pure parts.
 
 An attack is: an init (where the search starts inside the ball), a loss to
-maximise (`ce`, `kl` for TRADES, `margin` for evaluation), a step (sign of the
+maximise (`ce`, `kl` for TRADES, `se` for SCORE, `margin` for evaluation), a step (sign of the
 gradient for L-inf, normalised gradient for L2), a projection (onto the ε-ball
 around the clean image, then onto the [0, 1] box), a loop, and restarts with a
 per-example worst case. Every function here is traceable: call it inside
@@ -47,6 +47,12 @@ def kl_divergence(logits: jax.Array, target_logits: jax.Array) -> jax.Array:
   return jnp.sum(jnp.exp(logp_t) * (logp_t - logp), axis=-1)
 
 
+def softmax_squared_error(logits: jax.Array, target_logits: jax.Array) -> jax.Array:
+  """Per-example ‖p − p_target‖² `[batch]` on softmax outputs (SCORE's attack)."""
+  d = jax.nn.softmax(logits) - jax.nn.softmax(target_logits)
+  return jnp.sum(d * d, axis=-1)
+
+
 def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """CW margin `max_{j≠y} z_j − z_y` `[batch]`: positive iff misclassified."""
   z_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
@@ -85,6 +91,8 @@ def _attack_loss(name: str, logits, labels, target_logits):
     return cross_entropy(logits, labels)
   if name == "kl":
     return kl_divergence(logits, target_logits)
+  if name == "se":
+    return softmax_squared_error(logits, target_logits)
   if name == "dlr":
     return dlr(logits, labels)
   return margin(logits, labels)
@@ -185,7 +193,7 @@ def pgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
     rng: PRNG key; restart r uses `fold_in(rng, r)`, so restart 0 is the same
       run whatever the number of restarts.
     cfg: the attack settings.
-    target_logits: clean logits `[batch, classes]` for the 'kl' loss.
+    target_logits: clean logits `[batch, classes]` for the 'kl' and 'se' losses.
 
   With restarts > 1 the result keeps, per example, the restart that
   misclassifies it (if any), else the one with the highest loss: an example

@@ -30,10 +30,9 @@ Losses (per-example terms are averaged over the batch; p(·) = softmax):
             detached, and the weight uses the clean p_y(x).
 - score:    ‖p(x) − e_y‖² + β·‖p(x) − p(x')‖² (Pang et al. ICML 2022, "SCORE":
             TRADES with CE and KL replaced by squared errors on the softmax
-            outputs; β = 4 as the authors' README for TRADES-SE). Deviation:
-            the official code also uses the squared error as the attack
-            loss from a uniform start; `attacks.pgd` has no such loss, so x'
-            here is TRADES' KL attack from a uniform start.
+            outputs; β = 4 as the authors' README for TRADES-SE). As the
+            official code, x' maximises the same squared error
+            ‖p(x) − p(x')‖² (`attacks.pgd` loss 'se') from a uniform start.
 - awp:      AT or TRADES (`awp.base`) at θ + v; v = one ascent step on the
             weights, rescaled per layer to ‖v_l‖ = γ‖w_l‖ (Wu et al. 2020;
             γ = 5e-3). Only Conv/Dense kernels are perturbed (the official
@@ -143,11 +142,13 @@ def craft_ce(ctx: Context, variables, x, y, rng):
   return attacks.pgd(ctx.attack_logits_fn(variables), x, y, rng, ctx.attack)
 
 
-def craft_kl(ctx: Context, variables, x, y, rng, init: str = "normal"):
+def craft_kl(ctx: Context, variables, x, y, rng, init: str = "normal",
+             loss: str = "kl"):
   """TRADES' inner maximisation: x' = argmax KL(p(x) ‖ p(x')) by PGD from
-  x + init_std·N(0, 1) (`init='normal'`), target p(x) in the attack's BN mode."""
+  x + init_std·N(0, 1) (`init='normal'`), target p(x) in the attack's BN mode.
+  `loss='se'` maximises ‖p(x) − p(x')‖² instead (SCORE)."""
   logits_fn = ctx.attack_logits_fn(variables)
-  cfg = dataclasses.replace(ctx.attack, loss="kl", init=init)
+  cfg = dataclasses.replace(ctx.attack, loss=loss, init=init)
   return attacks.pgd(logits_fn, x, y, rng, cfg,
                      target_logits=jax.lax.stop_gradient(logits_fn(x)))
 
@@ -158,9 +159,9 @@ def craft_ce_normal(ctx: Context, variables, x, y, rng):
   return attacks.pgd(ctx.attack_logits_fn(variables), x, y, rng, cfg)
 
 
-def craft_kl_uniform(ctx: Context, variables, x, y, rng):
-  """SCORE's inner maximisation (KL here, see the module docstring)."""
-  return craft_kl(ctx, variables, x, y, rng, init="uniform")
+def craft_se_uniform(ctx: Context, variables, x, y, rng):
+  """SCORE's inner maximisation: PGD on ‖p(x) − p(x')‖² from a uniform start."""
+  return craft_kl(ctx, variables, x, y, rng, init="uniform", loss="se")
 
 
 # ------------------------------------------------------------ outer losses
@@ -324,7 +325,7 @@ trades = Method("trades", trades_loss, craft=craft_kl,
                 validate=check_nonnegative("beta", method="trades", beta=6.0))
 mart = Method("mart", mart_loss, craft=craft_ce_normal,
               validate=check_nonnegative("lam", method="mart", lam=6.0))
-score = Method("score", score_loss, craft=craft_kl_uniform,
+score = Method("score", score_loss, craft=craft_se_uniform,
                validate=check_nonnegative("beta", method="score", beta=4.0))
 awp = Method("awp", awp_loss, craft=awp_craft, perturb_weights=awp_perturbation,
              validate=_validate_awp)

@@ -107,3 +107,10 @@ def test_bad_attack_config_is_one_clear_error():
     attacks.PGDConfig(num_steps=0).validate()
   with pytest.raises(UserError, match=r"attack.norm='l3'.*'linf'"):
     attacks.PGDConfig(norm="l3").validate()
+
+
+def test_softmax_squared_error_hand_worked():
+  # p = (0.5, 0.5), q = (0.25, 0.75): ‖p − q‖² = 2 × 0.25² = 0.125
+  p = jnp.log(jnp.array([[0.5, 0.5]]))
+  q = jnp.log(jnp.array([[0.25, 0.75]]))
+  np.testing.assert_allclose(attacks.softmax_squared_error(q, p), [0.125], rtol=1e-6)
