@@ -97,5 +97,5 @@ def rift_config() -> ml_collections.ConfigDict:
       # tiny_imagenet_c (<root>/<name>/<severity>/<wnid>/*.JPEG)
       source="generated", root="",
       corruptions="all", severities=(1, 2, 3, 4, 5), max_images=0,
-      per_corruption_max={"glass_blur": 100}, cache_dir=""))
+      per_corruption_max={}, cache_dir=""))
   return r

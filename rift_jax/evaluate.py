@@ -45,11 +45,14 @@ class Evaluator:
 
   def _counts(self, variables, x, y, mask, rng):
     logits_fn = lambda xa: self.fns.logits(variables, xa, train=False)
-    clean = jnp.sum((jnp.argmax(logits_fn(x), -1) == y) & mask)
+    clean_ok = jnp.argmax(logits_fn(x), -1) == y
+    clean = jnp.sum(clean_ok & mask)
     if self.attack is None:
       return clean, clean
     x_adv = self.attack(logits_fn, x, y, rng)
-    adv = jnp.sum((jnp.argmax(logits_fn(x_adv), -1) == y) & mask)
+    # Robust = correct on the clean image AND on the attacked one (as
+    # AutoAttack counts): a clean mistake is never a robust success.
+    adv = jnp.sum((jnp.argmax(logits_fn(x_adv), -1) == y) & clean_ok & mask)
     return clean, adv
 
   def __call__(self, variables, split: data.Split, rng: jax.Array,
