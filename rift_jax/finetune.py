@@ -88,7 +88,8 @@ def finetune(fns: models.ModelFns, variables, dataset: data.Dataset,
   for epoch in tqdm(range(1, epochs + 1), desc=f"fine-tune {','.join(modules)}",
                     disable=not progress, leave=False):
     losses = []
-    for x, y in data.train_batches(dataset.train, batch_size, seed, epoch):
+    for x, y in data.train_batches(dataset.train, batch_size, seed, epoch,
+                                   sharding.process_rows(mesh, batch_size)):
       x, y = sharding.shard_batch(mesh, x, y)
       state, metrics = step(state, x, y)
       losses.append(metrics["loss"])

@@ -70,11 +70,14 @@ def fixed_adversarial_set(apply_fn: ApplyFn, variables, split: data.Split,
   v = sharding.replicate(variables, mesh)
   out = []
   n_batches = -(-len(split) // batch_size)
-  for i, (x, y, mask) in enumerate(tqdm(data.eval_batches(split, batch_size),
-                                        total=n_batches, disable=not progress,
-                                        desc="fixed adversarial set", leave=False)):
+  rows = sharding.process_rows(mesh, batch_size)
+  for i, (x, y, _) in enumerate(tqdm(
+      data.eval_batches(split, batch_size, rows), total=n_batches,
+      disable=not progress, desc="fixed adversarial set", leave=False)):
     xs, ys = sharding.shard_batch(mesh, x, y)
-    out.append(np.asarray(craft(v, xs, ys, jax.random.fold_in(rng, i)))[mask])
+    x_adv = craft(v, xs, ys, jax.random.fold_in(rng, i))
+    valid = min(batch_size, len(split) - i * batch_size)  # drop the padding
+    out.append(sharding.to_host(x_adv)[:valid])  # every host keeps the whole set
   return np.concatenate(out), split.labels.copy()
 
 
@@ -176,7 +179,8 @@ def module_robust_criticality(
   # Fixed batches, padded + weighted, put on device once.
   x_adv, y = np.asarray(x_adv, np.float32), np.asarray(y, np.int32)
   batches = []
-  for x, yy, m in data.eval_batches(data.Split(x_adv, y), batch_size):
+  rows = sharding.process_rows(mesh, batch_size)
+  for x, yy, m in data.eval_batches(data.Split(x_adv, y), batch_size, rows):
     batches.append(sharding.shard_batch(mesh, x, yy, m.astype(np.float32)))
   n = float(len(y))
   variables = sharding.replicate(variables, mesh)
