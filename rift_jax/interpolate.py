@@ -42,14 +42,27 @@ def interpolate_stack(theta_at, theta_ft, alphas: jax.Array):
   return jax.vmap(lambda a: interpolate(theta_at, theta_ft, a))(jnp.asarray(alphas))
 
 
+def auto_chunk(num_alphas: int) -> int:
+  """α values per vmapped evaluation when `rift.alpha_chunk=0`.
+
+  XLA:CPU turns a convolution vmapped over different weights into a grouped
+  convolution that ran ~4x slower per α than one model at a time (measured on
+  the quickstart demo); GPUs/TPUs batch it well. So: 1 on CPU, all α (up to
+  4 at a time, to bound memory) elsewhere.
+  """
+  return 1 if jax.default_backend() == "cpu" else min(num_alphas, 4)
+
+
 def evaluate_alphas(fns: models.ModelFns, theta_at, theta_ft,
                     alphas: Sequence[float], split: data.Split,
                     attack: evaluate.AttackFn | None, rng: jax.Array,
-                    batch_size: int, chunk: int = 4, mesh=None,
+                    batch_size: int, chunk: int = 0, mesh=None,
                     progress: bool = True) -> list[dict]:
-  """[{'alpha', 'clean', 'adv'}] in percent for each α (vmapped in chunks)."""
+  """[{'alpha', 'clean', 'adv'}] in percent for each α (vmapped in chunks of
+  `chunk` α; 0 = `auto_chunk`)."""
   alphas = check_alphas(alphas)
-  check_range("rift.alpha_chunk", chunk, 1)
+  check_range("rift.alpha_chunk", chunk, 0)
+  chunk = chunk or auto_chunk(alphas.size)
   evaluator = evaluate.Evaluator(fns, attack, batch_size, mesh, stacked=True)
   out = []
   for i in range(0, alphas.size, chunk):
