@@ -294,7 +294,11 @@ def split_dataset(info: DatasetInfo, raw: dict[str, Split], *, val_size: int,
 
 # ---------------------------------------------------------------- batches
 def to_float(images: np.ndarray) -> np.ndarray:
-  return images.astype(np.float32) / 255.0
+  """uint8 pixels -> float32 in [0, 1]; float images (e.g. adversarial
+  examples, already in [0, 1]) pass through unscaled."""
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
+  return images.astype(np.float32)
 
 
 def train_batches(split: Split, batch_size: int, seed: int, epoch: int,

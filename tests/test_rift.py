@@ -89,6 +89,10 @@ def test_mrc_sequential_and_vmap_agree_and_respect_the_ball(fixed_set, projectio
   vec = mrc.module_robust_criticality(apply_fn, variables, x, y, mode="vmap",
                                       vmap_chunk=3, **kw)
   assert list(seq) == list(models.perturbable_modules(variables["params"]))
+  # The base point is θ itself on the fixed set, as computed directly.
+  direct = float(100.0 * np.mean(np.argmax(np.asarray(apply_fn(variables, x)), -1) == y))
+  for r in seq.values():
+    assert r.base_acc == pytest.approx(direct, abs=1e-4)
   assert max(seen) <= 0.1 * (1 + 1e-5)
   for name in seq:
     a, b = seq[name], vec[name]
