@@ -32,6 +32,7 @@ demo: install data
 	  --config.data.debian_dir=$(FASHION_MNIST_DIR)
 
 test: install
+	@bash scripts/ensure_data.sh || echo "(the torchattacks cross-check needs Fashion-MNIST and will be skipped)"
 	$(PY) -m pytest -q tests
 
 clean:
