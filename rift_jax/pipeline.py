@@ -95,6 +95,14 @@ def _check_modules_early(config) -> None:
     models.resolve_modules(params, list(r.finetune.modules))
 
 
+def _has_checkpoint(directory: str) -> bool:
+  ckpt = checkpoint.Checkpointer(directory)
+  try:
+    return ckpt.latest_step() is not None
+  finally:
+    ckpt.close()  # do not leave an Orbax manager (and its threads) open
+
+
 # ----------------------------------------------------------------- stages
 def stage_theta_at(config, workdir, dataset, timer):
   """θ_AT: loaded from rift.at_checkpoint, or trained into workdir/at."""
@@ -106,7 +114,7 @@ def stage_theta_at(config, workdir, dataset, timer):
   if src:
     src = os.path.expanduser(src)
     for cand in (src, _path(src, "checkpoints", "best")):
-      if os.path.isdir(cand) and checkpoint.Checkpointer(cand).latest_step() is not None:
+      if os.path.isdir(cand) and _has_checkpoint(cand):
         variables, meta = checkpoint.load_variables(cand, target, expect)
         return model, variables, cand
     raise UserError(f"rift.at_checkpoint={src!r} holds no checkpoint (give a "

@@ -291,6 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ctx = objective_context(config, fns)
   objective = objectives.OBJECTIVES[config.method]
   tx = make_optimizer(config.optim, steps_per_epoch)
+  schedule = make_schedule(config.optim, steps_per_epoch)  # for the lr log
   rng = jax.random.PRNGKey(int(config.seed))
   k_init, k_state, k_eval = jax.random.split(rng, 3)
   objective.check(ctx)
@@ -368,8 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               "train_acc": 100 * epoch_metrics["acc"], "val_clean": val["clean"],
               "val_adv": val["adv"], "train_s": train_time,
               "img_per_s": steps_per_epoch * batch_size / train_time,
-              "lr": float(make_schedule(config.optim, steps_per_epoch)(
-                  epoch * steps_per_epoch - 1))}
+              "lr": float(schedule(epoch * steps_per_epoch - 1))}
     history.append(record)
     writer.write(record)
     if val[select] > best_score:
