@@ -24,7 +24,10 @@ def base_config() -> ml_collections.ConfigDict:
       name="cifar10", source="tfds", data_dir="~/tensorflow_datasets",
       debian_dir="/usr/share/datasets/fashion-mnist", val_size=1000,
       train_size=0, test_size=0, split_seed=0))
-  c.model = ml_collections.ConfigDict(dict(name="resnet18", width=64))
+  # conv_impl: input-gradient rule of the convolutions (rift_jax/conv.py):
+  # auto = phase decomposition on CPU, XLA's own on GPU/TPU | phase | xla.
+  c.model = ml_collections.ConfigDict(dict(name="resnet18", width=64,
+                                           conv_impl="auto"))
   # natural | pgd_at | trades | mart | score | awp | cure | aft
   # (rift_jax.objectives.OBJECTIVES); hyperparameters in the block named after it.
   c.method = "pgd_at"

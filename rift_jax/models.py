@@ -15,7 +15,8 @@ every Conv/Dense kernel that way; MRC and fine-tuning use it.
 
 Convolutions use explicit PyTorch-style padding (1 for 3x3, 0 for 1x1) so a
 stride-2 convolution sees the same pixels as in PyTorch, and converted
-checkpoints give the same logits.
+checkpoints give the same logits. The convolution layer and its CPU-friendly
+input gradient are in `rift_jax.conv`.
 """
 from __future__ import annotations
 
@@ -26,18 +27,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rift_jax import conv
 from rift_jax.errors import check_choice, check_range
 
-# He-normal fan-out for conv kernels (torchvision's ResNet init); checkpoints
-# converted from PyTorch bring their own weights.
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-
-def _conv(features: int, kernel: int, stride: int = 1, name: str | None = None):
-  pad = (kernel - 1) // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=_conv_init, name=name)
+def _conv(features: int, kernel: int, stride: int, name: str, impl: str):
+  return conv.Conv(features, kernel, stride, impl, name=name)
 
 
 def _bn(train: bool, name: str):
@@ -60,16 +55,18 @@ class BasicBlock(nn.Module):
   """Post-activation ResNet block (He et al. 2016), as in the RiFT code."""
   features: int
   stride: int = 1
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = _conv(self.features, 3, self.stride, "conv1")(x)
+    out = _conv(self.features, 3, self.stride, "conv1", self.conv_impl)(x)
     out = nn.relu(_bn(train, "bn1")(out))
-    out = _conv(self.features, 3, 1, "conv2")(out)
+    out = _conv(self.features, 3, 1, "conv2", self.conv_impl)(out)
     out = _bn(train, "bn2")(out)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = _conv(self.features, 1, self.stride, "shortcut_0")(x)
+      shortcut = _conv(self.features, 1, self.stride, "shortcut_0",
+                       self.conv_impl)(x)
       shortcut = _bn(train, "shortcut_1")(shortcut)
     return nn.relu(out + shortcut)
 
@@ -78,16 +75,18 @@ class PreActBlock(nn.Module):
   """Pre-activation block (He et al. 2016b), as in the CURE / Bag-of-Tricks code."""
   features: int
   stride: int = 1
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):
     out = nn.relu(_bn(train, "bn1")(x))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = _conv(self.features, 1, self.stride, "shortcut_0")(out)
-    out = _conv(self.features, 3, self.stride, "conv1")(out)
+      shortcut = _conv(self.features, 1, self.stride, "shortcut_0",
+                       self.conv_impl)(out)
+    out = _conv(self.features, 3, self.stride, "conv1", self.conv_impl)(out)
     out = nn.relu(_bn(train, "bn2")(out))
-    out = _conv(self.features, 3, 1, "conv2")(out)
+    out = _conv(self.features, 3, 1, "conv2", self.conv_impl)(out)
     return out + shortcut
 
 
@@ -99,18 +98,20 @@ class ResNet(nn.Module):
   preact: bool = False
   mean: Sequence[float] = (0.0,)
   std: Sequence[float] = (1.0,)
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     block = PreActBlock if self.preact else BasicBlock
     x = _Normalize(self.mean, self.std)(x)
-    x = _conv(self.width, 3, 1, "conv1")(x)
+    x = _conv(self.width, 3, 1, "conv1", self.conv_impl)(x)
     if not self.preact:
       x = nn.relu(_bn(train, "bn1")(x))
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1
-        x = block(self.width * 2**i, stride, name=f"layer{i + 1}_{j}")(x, train)
+        x = block(self.width * 2**i, stride, self.conv_impl,
+                  name=f"layer{i + 1}_{j}")(x, train)
     if self.preact:
       x = nn.relu(_bn(train, "bn")(x))
     x = jnp.mean(x, axis=(1, 2))
@@ -121,28 +122,31 @@ class WideBasic(nn.Module):
   """Wide ResNet block in the TRADES / RobustBench layout."""
   features: int
   stride: int
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):
     equal_in_out = x.shape[-1] == self.features and self.stride == 1
     act = nn.relu(_bn(train, "bn1")(x))
-    out = _conv(self.features, 3, self.stride, "conv1")(act)
+    out = _conv(self.features, 3, self.stride, "conv1", self.conv_impl)(act)
     out = nn.relu(_bn(train, "bn2")(out))
-    out = _conv(self.features, 3, 1, "conv2")(out)
+    out = _conv(self.features, 3, 1, "conv2", self.conv_impl)(out)
     if equal_in_out:
       return x + out
-    return _conv(self.features, 1, self.stride, "convShortcut")(act) + out
+    shortcut = _conv(self.features, 1, self.stride, "convShortcut", self.conv_impl)
+    return shortcut(act) + out
 
 
 class _WideGroup(nn.Module):
   features: int
   num_blocks: int
   stride: int
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):
     for j in range(self.num_blocks):
-      x = WideBasic(self.features, self.stride if j == 0 else 1,
+      x = WideBasic(self.features, self.stride if j == 0 else 1, self.conv_impl,
                     name=f"layer_{j}")(x, train)
     return x
 
@@ -155,15 +159,17 @@ class WideResNet(nn.Module):
   width: int = 16
   mean: Sequence[float] = (0.0,)
   std: Sequence[float] = (1.0,)
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     n = (self.depth - 4) // 6
     widths = [self.width * self.widen_factor * 2**i for i in range(3)]
     x = _Normalize(self.mean, self.std)(x)
-    x = _conv(self.width, 3, 1, "conv1")(x)
+    x = _conv(self.width, 3, 1, "conv1", self.conv_impl)(x)
     for i, w in enumerate(widths):
-      x = _WideGroup(w, n, 1 if i == 0 else 2, name=f"block{i + 1}")(x, train)
+      x = _WideGroup(w, n, 1 if i == 0 else 2, self.conv_impl,
+                     name=f"block{i + 1}")(x, train)
     x = nn.relu(_bn(train, "bn1")(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="fc")(x)
@@ -175,12 +181,14 @@ class SmallCNN(nn.Module):
   width: int = 16
   mean: Sequence[float] = (0.0,)
   std: Sequence[float] = (1.0,)
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _Normalize(self.mean, self.std)(x)
     for i in range(3):
-      x = _conv(self.width * 2**i, 3, 1 if i == 0 else 2, f"conv{i + 1}")(x)
+      x = _conv(self.width * 2**i, 3, 1 if i == 0 else 2, f"conv{i + 1}",
+                self.conv_impl)(x)
       x = nn.relu(_bn(train, f"bn{i + 1}")(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="linear")(x)
@@ -190,12 +198,15 @@ MODEL_NAMES = ("resnet18", "resnet34", "preact_resnet18", "wrn34_10", "small_cnn
 
 
 def create_model(name: str, *, num_classes: int, width: int | None = None,
-                 mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)
-                 ) -> nn.Module:
-  """Builds a model by name. `width` is the base width (ResNet 64, WRN 16, CNN 16)."""
+                 mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
+                 conv_impl: str = "auto") -> nn.Module:
+  """Builds a model by name. `width` is the base width (ResNet 64, WRN 16, CNN 16).
+  `conv_impl`: see `rift_jax.conv` ('xla' where forward-mode autodiff is needed)."""
   check_choice("model.name", name, MODEL_NAMES)
   check_range("model.num_classes", num_classes, 2)
-  kw = dict(num_classes=num_classes, mean=tuple(mean), std=tuple(std))
+  check_choice("model.conv_impl", conv_impl, conv.IMPLS)
+  kw = dict(num_classes=num_classes, mean=tuple(mean), std=tuple(std),
+            conv_impl=conv_impl)
   if width is not None:
     check_range("model.width", width, 1)
     kw["width"] = int(width)

@@ -162,7 +162,8 @@ def model_meta(config, info: data.DatasetInfo) -> dict:
 def build_model(config, info: data.DatasetInfo):
   return models.create_model(config.model.name, num_classes=info.num_classes,
                              width=config.model.get("width"), mean=info.mean,
-                             std=info.std)
+                             std=info.std,
+                             conv_impl=config.model.get("conv_impl", "auto"))
 
 
 def attack_config(cfg, prefix: str) -> attacks.PGDConfig:
