@@ -22,6 +22,11 @@ agree:
 - Peak resident memory.
 
 Times are the best of `--reps` runs after a warm-up run (all runs listed).
+
+A/B switches: `--conv_impl=xla` (XLA's own strided-conv input gradient) and
+`RIFT_JAX_XLA_DEFAULTS=0` (XLA:CPU's YNNPACK convolutions; see
+rift_jax/__init__.py). One device per core:
+`XLA_FLAGS=--xla_force_host_platform_device_count=2` (batch sharded).
 """
 from __future__ import annotations
 
@@ -44,6 +49,8 @@ flags.DEFINE_integer("reps", 2, "Timed repetitions after the warm-up.")
 flags.DEFINE_integer("threads", 0, "Threads for PyTorch (0: os.cpu_count(), "
                      "which is what XLA:CPU uses).")
 flags.DEFINE_bool("rolled", True, "Also time the rolled (fori_loop) JAX attack.")
+flags.DEFINE_enum("conv_impl", "auto", ["auto", "phase", "xla"],
+                  "Input-gradient rule of the JAX convolutions (rift_jax.conv).")
 FLAGS = flags.FLAGS
 
 EPSILON, STEP_SIZE = 8 / 255, 2 / 255
@@ -115,7 +122,7 @@ def _cost_flops(compiled) -> float:
 
 def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
         rolled: bool, matmul_n: int, mrc_modules: int = 3,
-        save=lambda out: None) -> dict:
+        conv_impl: str = "auto", save=lambda out: None) -> dict:
   """All measurements; `save(partial_results)` runs after each phase, so a
   run cut short still leaves what it measured."""
   import jax
@@ -124,8 +131,8 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   import torch
   import torchattacks
   from configs import common as config_common
-  from rift_jax import (attacks, evaluate, interpolate, models, mrc, objectives,
-                        sharding, train)
+  from rift_jax import (attacks, conv, evaluate, interpolate, models, mrc,
+                        objectives, sharding, train)
 
   torch.set_num_threads(threads)
   out: dict = {"config": dict(model="resnet18", width=width, batch_size=batch,
@@ -138,12 +145,13 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   out["threads"] = dict(cpu_count=os.cpu_count(), torch=torch.get_num_threads(),
                         jax_devices=jax.device_count(),
                         xla_flags=os.environ.get("XLA_FLAGS", ""))
+  out["conv_impl"] = conv.resolve_impl(conv_impl)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(batch, mesh, "--batch_size")
 
   # Model, weights and one fixed batch shared by both frameworks.
   model = models.create_model("resnet18", num_classes=NUM_CLASSES, width=width,
-                              mean=CIFAR_MEAN, std=CIFAR_STD)
+                              mean=CIFAR_MEAN, std=CIFAR_STD, conv_impl=conv_impl)
   fns = models.ModelFns(model)
   variables = models.init_variables(model, jax.random.PRNGKey(0), (32, 32, 3))
   rng = np.random.default_rng(0)
@@ -338,7 +346,8 @@ def main():
     train.write_json(out_path, dict(partial, reduced=FLAGS.reduced,
                                     peak_rss_mb=_rss_mb()))
   result = run(threads=FLAGS.threads or os.cpu_count(),
-               rolled=FLAGS.rolled and not FLAGS.reduced, save=save, **kw)
+               rolled=FLAGS.rolled and not FLAGS.reduced, save=save,
+               conv_impl=FLAGS.conv_impl, **kw)
   save(result)
   for k in REQUIRED_KEYS:
     print(f"{k}: {result[k]:.4g}")
