@@ -49,8 +49,8 @@ flags.DEFINE_integer("reps", 2, "Timed repetitions after the warm-up.")
 flags.DEFINE_integer("threads", 0, "Threads for PyTorch (0: os.cpu_count(), "
                      "which is what XLA:CPU uses).")
 flags.DEFINE_bool("rolled", True, "Also time the rolled (fori_loop) JAX attack.")
-flags.DEFINE_enum("conv_impl", "auto", ["auto", "phase", "xla"],
-                  "Input-gradient rule of the JAX convolutions (rift_jax.conv).")
+flags.DEFINE_string("conv_impl", "auto", "Input-gradient rule of the JAX "
+                    "convolutions: auto | phase | xla (rift_jax.conv).")
 FLAGS = flags.FLAGS
 
 EPSILON, STEP_SIZE = 8 / 255, 2 / 255

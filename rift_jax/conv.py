@@ -51,6 +51,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rift_jax.errors import check_choice
+
 _DIMS = ("NHWC", "HWIO", "NHWC")
 # Stride-1 convolutions with this many input channels or fewer (the first
 # layer of an image model) take the matmul + col2im input gradient.
@@ -61,10 +63,9 @@ IMPLS = ("auto", "phase", "xla")
 
 def resolve_impl(impl: str) -> str:
   """'auto' -> 'phase' on CPU, 'xla' on GPU/TPU."""
+  check_choice("conv impl", impl, IMPLS)
   if impl == "auto":
     return "phase" if jax.default_backend() == "cpu" else "xla"
-  if impl not in IMPLS:
-    raise ValueError(f"conv impl={impl!r}; allowed: {', '.join(IMPLS)}")
   return impl
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import rift_jax
 from rift_jax import conv, models
 
 CASES = [  # kernel, stride, padding, height, width, c_in
@@ -79,7 +80,7 @@ def test_model_input_gradients_agree_across_impls():
 def test_resolve_impl():
   assert conv.resolve_impl("auto") == ("phase" if jax.default_backend() == "cpu"
                                        else "xla")
-  with pytest.raises(ValueError, match="allowed: auto, phase, xla"):
+  with pytest.raises(ValueError, match="choose one of: 'auto', 'phase', 'xla'"):
     conv.resolve_impl("winograd")
 
 
@@ -95,14 +96,10 @@ def _xla_flags_after_import(env_update):
 
 def test_import_sets_cpu_conv_flag_without_overriding_the_user():
   import jaxlib.version
-  measured = tuple(jaxlib.version.__version_info__[:2]) in rift_jax_measured()
+  measured = (tuple(jaxlib.version.__version_info__[:2])
+              in rift_jax._MEASURED_JAXLIB)
   flag = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
   assert (_xla_flags_after_import({}) == flag) == measured
   assert _xla_flags_after_import({"RIFT_JAX_XLA_DEFAULTS": "0"}) == ""
   user = "--xla_cpu_experimental_ynn_fusion_type=dot"
   assert _xla_flags_after_import({"XLA_FLAGS": user}) == user
-
-
-def rift_jax_measured():
-  import rift_jax
-  return rift_jax._MEASURED_JAXLIB
