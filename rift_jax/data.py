@@ -9,21 +9,36 @@ Sources:
   configurable `data_dir`, never downloading: missing data is one clear error.
 - `fashion_mnist` offline default (`data.source='debian'`): the IDX files of
   Debian's `dataset-fashion-mnist` package are turned into a TFDS data set
-  (`fashion_mnist_debian`) once and then read through `tfds.load` like any
-  other. TFDS's own `fashion_mnist` builder cannot be used on them: the Debian
-  files are re-compressed, so its registered checksums fail.
+  (`fashion_mnist_debian`, version `DEBIAN_TFDS_VERSION`) once and then read
+  through TFDS like any other. TFDS's own `fashion_mnist` builder cannot be
+  used on them: the Debian files are re-compressed, so its registered
+  checksums fail.
 - `tiny_imagenet` from the original folder layout; validation labels come from
   `val/val_annotations.txt` (it serves as the test split, as usual).
 - `synthetic`: generated class-conditional images for tests and benchmarks.
+
+Order: every split keeps the order of the original files, as torchvision
+reads them, so "the first N test images" (`evaluate.num_examples=N`) are the
+same N images as in torchvision / RobustBench's `load_cifar10(n_examples=N)`.
+TFDS shuffles examples when it writes a data set; on read they are sorted
+back by an `index` feature (our Fashion-MNIST build stores each example's
+position in the IDX file) or by the number in an `id` feature (TFDS's
+CIFAR-10/100: 'train_16399', 'test_00123', counted over the original batch
+files in order). A data set with neither (SVHN, CIFAR-10-C, TFDS's own
+`fashion_mnist` with data.source='tfds') keeps TFDS's order.
 
 Model selection everywhere uses `val` (carved from train with `split_seed`);
 `test` is only reported.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import io
+import logging
 import os
+import re
 import struct
 from typing import Iterator
 
@@ -157,15 +172,68 @@ def _tfds_read(name: str, data_dir: str, splits: dict[str, str]) -> dict[str, Sp
     images = np.asarray(ds["image"], np.uint8)
     if images.ndim == 3:
       images = images[..., None]
-    out[ours] = Split(images, np.asarray(ds["label"], np.int32))
+    split = Split(images, np.asarray(ds["label"], np.int32))
+    order = original_order(ds, f"{name} {theirs}")
+    out[ours] = split if order is None else split.take(order)
   return out
 
 
+_ID_NUMBER = re.compile(rb"(\d+)$")
+
+
+def original_order(features: dict, where: str = "data set") -> np.ndarray | None:
+  """Indices that sort a TFDS split (read as arrays) back into the original
+  file order: by its integer `index` feature, or by the trailing number of
+  its `id` strings (CIFAR: b'train_16399'); None if it has neither."""
+  if "index" in features:
+    keys = np.asarray(features["index"], np.int64)
+  elif "id" in features:
+    ids = [i if isinstance(i, bytes) else str(i).encode()
+           for i in np.asarray(features["id"]).ravel()]
+    found = [_ID_NUMBER.search(i) for i in ids]
+    if not all(found):
+      bad = ids[found.index(None)]
+      raise UserError(f"{where}: id {bad!r} does not end in the example's "
+                      "number, so the original order cannot be restored")
+    keys = np.asarray([int(m[1]) for m in found], np.int64)
+  else:
+    return None
+  order = np.argsort(keys, kind="stable")
+  if np.any(np.diff(keys[order]) == 0):
+    raise UserError(f"{where}: two examples have the same index/id number, so "
+                    "the original order cannot be restored")
+  return order
+
+
 DEBIAN_TFDS_NAME = "fashion_mnist_debian"
+# 1.1.0 stores the IDX position as `index` (1.0.0 builds, shuffled without it,
+# are left alone and rebuilt under the new version).
+DEBIAN_TFDS_VERSION = "1.1.0"
+
+
+@contextlib.contextmanager
+def _quiet_tfds_build():
+  """Silences TFDS while it writes a data set: its 'Downloading and preparing
+  dataset ...' / '... downloaded and prepared' lines (nothing is downloaded
+  here), its progress bars and its absl INFO / WARNING logs."""
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core.utils import tqdm_utils
+  absl_logger = logging.getLogger("absl")
+  level, bars = absl_logger.level, getattr(tqdm_utils, "_active", True)
+  absl_logger.setLevel(logging.ERROR)
+  tfds.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()), \
+        contextlib.redirect_stderr(io.StringIO()):
+      yield
+  finally:
+    absl_logger.setLevel(level)
+    tfds.display_progress_bar(bars)
 
 
 def _build_fashion_mnist_tfds(debian_dir: str, data_dir: str) -> None:
-  """Turns the Debian IDX files into the TFDS data set `fashion_mnist_debian`."""
+  """Turns the Debian IDX files into the TFDS data set `fashion_mnist_debian`
+  with features image, label and index (the position in the IDX file)."""
   tf = _quiet_tf()
   import tensorflow_datasets as tfds
   raw = _fashion_mnist_from_idx(debian_dir)
@@ -175,23 +243,33 @@ def _build_fashion_mnist_tfds(debian_dir: str, data_dir: str) -> None:
     raise UserError(f"data.data_dir={data_dir!r} cannot be created: {e}") from None
   features = tfds.features.FeaturesDict({
       "image": tfds.features.Image(shape=(28, 28, 1)),
-      "label": tfds.features.ClassLabel(num_classes=10)})
+      "label": tfds.features.ClassLabel(num_classes=10),
+      "index": tfds.features.Scalar(dtype=np.int64,
+                                    doc="position in the IDX file")})
   split_datasets = {
-      k: tf.data.Dataset.from_tensor_slices({"image": v.images,
-                                             "label": v.labels.astype(np.int64)})
+      k: tf.data.Dataset.from_tensor_slices({
+          "image": v.images, "label": v.labels.astype(np.int64),
+          "index": np.arange(len(v), dtype=np.int64)})
       for k, v in raw.items()}
-  tfds.dataset_builders.store_as_tfds_dataset(
-      name=DEBIAN_TFDS_NAME, version="1.0.0", features=features,
-      split_datasets=split_datasets, data_dir=data_dir,
-      description="Fashion-MNIST from Debian's dataset-fashion-mnist IDX files.")
+  print(f"building the offline TFDS copy of Fashion-MNIST from {debian_dir} in "
+        f"{data_dir} (once, ~1 min)", flush=True)
+  with _quiet_tfds_build():
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=DEBIAN_TFDS_NAME, version=DEBIAN_TFDS_VERSION, features=features,
+        split_datasets=split_datasets, data_dir=data_dir,
+        disable_shuffling=True,  # written in file order; `index` is the proof
+        description="Fashion-MNIST from Debian's dataset-fashion-mnist IDX "
+        "files; `index` is the position in the IDX file.")
 
 
 def _load_fashion_mnist_debian(debian_dir: str, data_dir: str) -> dict[str, Split]:
-  prepared = os.path.join(data_dir, DEBIAN_TFDS_NAME, "1.0.0",
+  """Fashion-MNIST train/test in IDX file order, through TFDS."""
+  prepared = os.path.join(data_dir, DEBIAN_TFDS_NAME, DEBIAN_TFDS_VERSION,
                           "dataset_info.json")
   if not os.path.exists(prepared):
     _build_fashion_mnist_tfds(debian_dir, data_dir)
-  return _tfds_read(DEBIAN_TFDS_NAME, data_dir, {"train": "train", "test": "test"})
+  return _tfds_read(f"{DEBIAN_TFDS_NAME}:{DEBIAN_TFDS_VERSION}", data_dir,
+                    {"train": "train", "test": "test"})
 
 
 # ------------------------------------------------------------ Tiny-ImageNet

@@ -6,12 +6,52 @@ normalise them inside (per-dataset mean/std), so attacks work in pixel space.
 builds on; `train=True` uses batch statistics and returns updated
 `batch_stats` when called with `mutable=['batch_stats']`.
 
-Naming rule: a Flax module name never contains '_' except where the PyTorch
-name has a '.', so the paper's module names come back by joining the params
-path with '.' and replacing '_' with '.' (`layer2_1/conv2/kernel` ->
-`layer2.1.conv2`, `block1/layer_3/conv2` -> `block1.layer.3.conv2`,
-`layer1_0/shortcut_0` -> `layer1.0.shortcut.0`). `perturbable_modules` lists
-every Conv/Dense kernel that way; MRC and fine-tuning use it.
+Naming rule (one place: `flax_name` / `path_to_name`): the params path of a
+module, joined with '.', is its PyTorch state_dict / paper name, where in a
+Flax module name a single '_' stands for PyTorch's '.' and a doubled '__' for
+a literal '_':
+  `layer2_1/conv2`               <-> `layer2.1.conv2`        (RiFT ResNet)
+  `block1/layer_3/convShortcut`  <-> `block1.layer.3.convShortcut` (TRADES WRN)
+  `layer_0/block_1/batchnorm__0` <-> `layer.0.block.1.batchnorm_0` (DeepMind WRN)
+  `layer__2_1/conv__2d__1`       <-> `layer_2.1.conv_2d_1`   (DeepMind PreAct)
+Models write their PyTorch names and let `flax_name` escape them; every name
+without a literal '_' reads as before. `perturbable_modules` lists every
+Conv/Dense kernel by that name, in network order; MRC, fine-tuning and
+`rift_jax.convert` use it.
+
+Architectures (`create_model` names; `MODEL_NAMES` lists the fixed ones):
+- `resnet18`, `resnet34`: post-activation CIFAR ResNets (RiFT, kuangliu; also
+  RobustBench's `ResNet18`, whose names are the same).
+- `preact_resnet18`: pre-activation, projection shortcut on the activated
+  input, BN + ReLU before the head (Bag-of-Tricks, CURE; RobustBench's
+  `PreActResNet(PreActBlockV2, ..., bn_before_fc=True)`).
+- `wong_preact_resnet18`: RobustBench's default `PreActResNet(PreActBlock,
+  [2, 2, 2, 2])` from the code of Wong et al. 2020 ("Fast is better than
+  free"; e.g. Andriushchenko2020Understanding, Wong2020Fast): the projection
+  shortcut sees the raw block input and there is no BN before the head.
+- `wrn<depth>_<k>` (e.g. `wrn28_10`, `wrn34_10`, `wrn70_16`): WRN-depth-k
+  (Zagoruyko & Komodakis 2016) as in TRADES / RobustBench's `WideResNet`
+  (`block1.layer.0.conv1`, `convShortcut`, `fc`).
+- `dm_wrn<depth>_<k>` (e.g. `dm_wrn28_10`, `dm_wrn70_16`): RobustBench's
+  `DMWideResNet` for the DeepMind models (Gowal et al. 2020 "Uncovering the
+  limits of adversarial training", Rebuffi et al. 2021 "Fixing data
+  augmentation to improve adversarial robustness"): Swish, TF-style SAME
+  padding (one extra row/column at the bottom/right before a stride-2
+  convolution), names `init_conv`, `layer.<g>.block.<i>.{batchnorm_0,
+  conv_0, batchnorm_1, conv_1, shortcut}`, `batchnorm`, `logits`.
+- `dm_preact_resnet18` / `34`: RobustBench's `DMPreActResNet`
+  (Rebuffi2021Fixing_R18): Swish, SAME padding, a 3x3 projection shortcut
+  on the raw block input, names `conv_2d`, `layer_<k>.<i>.{batchnorm_0,
+  conv_2d_1, batchnorm_1, conv_2d_2, shortcut}`, `batchnorm`, `logits`.
+- `small_cnn`: a small net for CPU runs.
+`width` is the first convolution's width: ResNets 64, WRNs 16 (then k times
+16, 32, 64), DeepMind PreAct 64, CNN 16. RobustBench's DeepMind models
+normalise inside with the CIFAR mean/std (non-persistent buffers, not in
+their state_dicts); build ours with the data set's mean/std for them. Every
+BatchNorm is PyTorch's default (momentum 0.1, eps 1e-5), as in RobustBench's
+PyTorch code (DeepMind's JAX originals used decay 0.99 for training).
+Global average pooling replaces the PyTorch code's `avg_pool2d(out, 4|8)`:
+the same for 32x32 inputs, and also defined for 28x28.
 
 Convolutions use explicit PyTorch-style padding (1 for 3x3, 0 for 1x1) so a
 stride-2 convolution sees the same pixels as in PyTorch, and converted
@@ -21,6 +61,7 @@ input gradient are in `rift_jax.conv`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -28,11 +69,42 @@ import jax
 import jax.numpy as jnp
 
 from rift_jax import conv
-from rift_jax.errors import check_choice, check_range
+from rift_jax.errors import UserError, check_choice, check_range
+
+
+def flax_name(torch_name: str) -> str:
+  """A PyTorch module name -> the Flax module name that `path_to_name` reads
+  back: '_' doubled, '.' -> '_' (`'layer_0.1'` -> `'layer__0_1'`)."""
+  return torch_name.replace("_", "__").replace(".", "_")
 
 
 def _conv(features: int, kernel: int, stride: int, name: str, impl: str):
   return conv.Conv(features, kernel, stride, impl, name=name)
+
+
+_ACTIVATIONS = {"relu": nn.relu, "swish": nn.swish}
+
+
+class _SameConv(nn.Module):
+  """3x3 convolution padded as RobustBench's DeepMind blocks do before it:
+  1 on every side at stride 1, and 0 top/left, 1 bottom/right at stride 2
+  (TensorFlow's 'SAME' for even sizes). Params `{'kernel': HWIO}` as `conv.Conv`.
+  """
+  features: int
+  stride: int = 1
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", conv.conv_init, (3, 3, x.shape[-1],
+                                                   self.features))
+    kernel = kernel.astype(x.dtype)
+    if self.stride == 1:
+      return conv.conv2d(x, kernel, 1, 1, self.impl)
+    if self.stride != 2:
+      raise ValueError(f"stride {self.stride} is not supported (1 or 2)")
+    x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    return conv.conv2d(x, kernel, 2, 0, self.impl)
 
 
 def _bn(train: bool, name: str):
@@ -72,10 +144,15 @@ class BasicBlock(nn.Module):
 
 
 class PreActBlock(nn.Module):
-  """Pre-activation block (He et al. 2016b), as in the CURE / Bag-of-Tricks code."""
+  """Pre-activation block (He et al. 2016b), as in the CURE / Bag-of-Tricks code.
+
+  `shortcut_from_input`: the projection shortcut sees the raw block input
+  (Wong et al. 2020's `PreActBlock`) instead of relu(bn1(x)).
+  """
   features: int
   stride: int = 1
   conv_impl: str = "auto"
+  shortcut_from_input: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -83,7 +160,7 @@ class PreActBlock(nn.Module):
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = _conv(self.features, 1, self.stride, "shortcut_0",
-                       self.conv_impl)(out)
+                       self.conv_impl)(x if self.shortcut_from_input else out)
     out = _conv(self.features, 3, self.stride, "conv1", self.conv_impl)(out)
     out = nn.relu(_bn(train, "bn2")(out))
     out = _conv(self.features, 3, 1, "conv2", self.conv_impl)(out)
@@ -91,7 +168,11 @@ class PreActBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """CIFAR ResNet: 3x3 stride-1 stem, no max-pool, four stages, linear head."""
+  """CIFAR ResNet: 3x3 stride-1 stem, no max-pool, four stages, linear head.
+
+  preact: pre-activation blocks; then `final_bn` adds BN + ReLU before the
+  head (`bn`) and `shortcut_from_input` is passed to `PreActBlock`.
+  """
   stage_sizes: Sequence[int]
   num_classes: int
   width: int = 64
@@ -99,10 +180,11 @@ class ResNet(nn.Module):
   mean: Sequence[float] = (0.0,)
   std: Sequence[float] = (1.0,)
   conv_impl: str = "auto"
+  final_bn: bool = True
+  shortcut_from_input: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    block = PreActBlock if self.preact else BasicBlock
     x = _Normalize(self.mean, self.std)(x)
     x = _conv(self.width, 3, 1, "conv1", self.conv_impl)(x)
     if not self.preact:
@@ -110,9 +192,14 @@ class ResNet(nn.Module):
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1
-        x = block(self.width * 2**i, stride, self.conv_impl,
-                  name=f"layer{i + 1}_{j}")(x, train)
-    if self.preact:
+        name = f"layer{i + 1}_{j}"
+        if self.preact:
+          x = PreActBlock(self.width * 2**i, stride, self.conv_impl,
+                          self.shortcut_from_input, name=name)(x, train)
+        else:
+          x = BasicBlock(self.width * 2**i, stride, self.conv_impl,
+                         name=name)(x, train)
+    if self.preact and self.final_bn:
       x = nn.relu(_bn(train, "bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="linear")(x)
@@ -175,6 +262,124 @@ class WideResNet(nn.Module):
     return nn.Dense(self.num_classes, name="fc")(x)
 
 
+class DMBlock(nn.Module):
+  """Block of RobustBench's `DMWideResNet` (DeepMind): pre-activation; with a
+  1x1 projection `shortcut` on the activated input when the width changes,
+  else the raw input is added."""
+  features: int
+  stride: int
+  activation: str = "swish"
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    act = _ACTIVATIONS[self.activation]
+    has_shortcut = x.shape[-1] != self.features
+    if not has_shortcut and self.stride != 1:
+      raise ValueError("a strided DeepMind WRN block needs a width change")
+    pre = act(_bn(train, flax_name("batchnorm_0"))(x))
+    out = _SameConv(self.features, self.stride, self.conv_impl,
+                    name=flax_name("conv_0"))(pre)
+    out = act(_bn(train, flax_name("batchnorm_1"))(out))
+    out = _conv(self.features, 3, 1, flax_name("conv_1"), self.conv_impl)(out)
+    if has_shortcut:
+      return _conv(self.features, 1, self.stride, "shortcut",
+                   self.conv_impl)(pre) + out
+    return x + out
+
+
+class _DMGroup(nn.Module):
+  features: int
+  num_blocks: int
+  stride: int
+  activation: str = "swish"
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for i in range(self.num_blocks):
+      x = DMBlock(self.features, self.stride if i == 0 else 1, self.activation,
+                  self.conv_impl, name=flax_name(f"block.{i}"))(x, train)
+    return x
+
+
+class DMWideResNet(nn.Module):
+  """RobustBench's `DMWideResNet` (Gowal et al. 2020, Rebuffi et al. 2021):
+  WRN-depth-k, Swish, SAME padding; `init_conv`, `layer.<g>.block.<i>.*`,
+  `batchnorm`, `logits`. `width` is `init_conv`'s (16 in their code)."""
+  depth: int = 28
+  widen_factor: int = 10
+  num_classes: int = 10
+  width: int = 16
+  activation: str = "swish"
+  mean: Sequence[float] = (0.0,)
+  std: Sequence[float] = (1.0,)
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    act = _ACTIVATIONS[self.activation]
+    n = (self.depth - 4) // 6
+    x = _Normalize(self.mean, self.std)(x)
+    x = _conv(self.width, 3, 1, flax_name("init_conv"), self.conv_impl)(x)
+    for g in range(3):
+      x = _DMGroup(self.width * self.widen_factor * 2**g, n, 1 if g == 0 else 2,
+                   self.activation, self.conv_impl,
+                   name=flax_name(f"layer.{g}"))(x, train)
+    x = act(_bn(train, "batchnorm")(x))
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name="logits")(x)
+
+
+class DMPreActBlock(nn.Module):
+  """Block of RobustBench's `DMPreActResNet`: pre-activation, SAME padding; a
+  3x3 projection `shortcut` of the raw input when stride or width change."""
+  features: int
+  stride: int
+  activation: str = "swish"
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    act = _ACTIVATIONS[self.activation]
+    out = act(_bn(train, flax_name("batchnorm_0"))(x))
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      shortcut = _SameConv(self.features, self.stride, self.conv_impl,
+                           name="shortcut")(x)
+    out = _SameConv(self.features, self.stride, self.conv_impl,
+                    name=flax_name("conv_2d_1"))(out)
+    out = act(_bn(train, flax_name("batchnorm_1"))(out))
+    out = _conv(self.features, 3, 1, flax_name("conv_2d_2"), self.conv_impl)(out)
+    return out + shortcut
+
+
+class DMPreActResNet(nn.Module):
+  """RobustBench's `DMPreActResNet` (Rebuffi et al. 2021): `conv_2d`,
+  `layer_<k>.<i>.*`, `batchnorm`, `logits`; `width` 64 in their code."""
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  num_classes: int = 10
+  width: int = 64
+  activation: str = "swish"
+  mean: Sequence[float] = (0.0,)
+  std: Sequence[float] = (1.0,)
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    act = _ACTIVATIONS[self.activation]
+    x = _Normalize(self.mean, self.std)(x)
+    x = _conv(self.width, 3, 1, flax_name("conv_2d"), self.conv_impl)(x)
+    for k, n in enumerate(self.stage_sizes):
+      for i in range(n):
+        x = DMPreActBlock(self.width * 2**k, 2 if (k > 0 and i == 0) else 1,
+                          self.activation, self.conv_impl,
+                          name=flax_name(f"layer_{k}.{i}"))(x, train)
+    x = act(_bn(train, "batchnorm")(x))
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name="logits")(x)
+
+
 class SmallCNN(nn.Module):
   """A small conv net for CPU runs: three conv-BN-ReLU stages and a linear head."""
   num_classes: int
@@ -194,15 +399,39 @@ class SmallCNN(nn.Module):
     return nn.Dense(self.num_classes, name="linear")(x)
 
 
-MODEL_NAMES = ("resnet18", "resnet34", "preact_resnet18", "wrn34_10", "small_cnn")
+# The fixed names; `wrn<depth>_<k>` and `dm_wrn<depth>_<k>` are accepted for
+# every depth = 6n + 4 and k >= 1 (RobustBench has 28-4 ... 106-16).
+MODEL_NAMES = ("resnet18", "resnet34", "preact_resnet18", "wong_preact_resnet18",
+               "wrn28_10", "wrn34_10", "wrn34_20", "wrn70_16",
+               "dm_wrn28_10", "dm_wrn34_10", "dm_wrn34_20", "dm_wrn70_16",
+               "dm_wrn106_16", "dm_preact_resnet18", "dm_preact_resnet34",
+               "small_cnn")
+_WRN_NAME = re.compile(r"(dm_)?wrn(\d+)_(\d+)")
+STAGE_SIZES = {"18": (2, 2, 2, 2), "34": (3, 4, 6, 3)}
+
+
+def check_name(name: str) -> None:
+  """One clear error unless `name` is a model `create_model` builds."""
+  m = _WRN_NAME.fullmatch(str(name))
+  if name in MODEL_NAMES or (m and int(m[2]) >= 10 and (int(m[2]) - 4) % 6 == 0
+                             and int(m[3]) >= 1):
+    return
+  raise UserError(f"model.name={name!r} is not allowed; choose one of: "
+                  + ", ".join(repr(a) for a in MODEL_NAMES)
+                  + ", or wrn<depth>_<k> / dm_wrn<depth>_<k> with depth = 6n+4 "
+                  "(n >= 1) and k >= 1")
 
 
 def create_model(name: str, *, num_classes: int, width: int | None = None,
                  mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
                  conv_impl: str = "auto") -> nn.Module:
-  """Builds a model by name. `width` is the base width (ResNet 64, WRN 16, CNN 16).
-  `conv_impl`: see `rift_jax.conv` ('xla' where forward-mode autodiff is needed)."""
-  check_choice("model.name", name, MODEL_NAMES)
+  """Builds a model by name (see the module docstring for the architectures).
+
+  `width` is the first convolution's width (ResNets 64, WRNs 16, DeepMind
+  PreAct 64, CNN 16). `conv_impl`: see `rift_jax.conv` ('xla' where
+  forward-mode autodiff is needed).
+  """
+  check_name(name)
   check_range("model.num_classes", num_classes, 2)
   check_choice("model.conv_impl", conv_impl, conv.IMPLS)
   kw = dict(num_classes=num_classes, mean=tuple(mean), std=tuple(std),
@@ -210,14 +439,19 @@ def create_model(name: str, *, num_classes: int, width: int | None = None,
   if width is not None:
     check_range("model.width", width, 1)
     kw["width"] = int(width)
-  if name == "resnet18":
-    return ResNet((2, 2, 2, 2), **kw)
-  if name == "resnet34":
-    return ResNet((3, 4, 6, 3), **kw)
+  wrn = _WRN_NAME.fullmatch(name)
+  if wrn:
+    cls = DMWideResNet if wrn[1] else WideResNet
+    return cls(int(wrn[2]), int(wrn[3]), **kw)
+  if name in ("resnet18", "resnet34"):
+    return ResNet(STAGE_SIZES[name[-2:]], **kw)
   if name == "preact_resnet18":
     return ResNet((2, 2, 2, 2), preact=True, **kw)
-  if name == "wrn34_10":
-    return WideResNet(34, 10, **kw)
+  if name == "wong_preact_resnet18":
+    return ResNet((2, 2, 2, 2), preact=True, final_bn=False,
+                  shortcut_from_input=True, **kw)
+  if name.startswith("dm_preact_resnet"):
+    return DMPreActResNet(STAGE_SIZES[name[-2:]], **kw)
   return SmallCNN(**kw)
 
 
@@ -238,8 +472,11 @@ def _key_name(k) -> str:
 
 
 def path_to_name(path: Sequence[str]) -> str:
-  """('layer2_1', 'conv2') -> 'layer2.1.conv2' (the kernel leaf name dropped)."""
-  return ".".join(p.replace("_", ".") for p in path)
+  """Module params path -> PyTorch name, the inverse of `flax_name` per part:
+  ('layer2_1', 'conv2') -> 'layer2.1.conv2', ('layer__0_1', 'conv__2d__1') ->
+  'layer_0.1.conv_2d_1' (the kernel leaf name dropped)."""
+  return ".".join("_".join(piece.replace("_", ".") for piece in p.split("__"))
+                  for p in path)
 
 
 def perturbable_modules(params) -> dict[str, tuple[str, ...]]:
@@ -256,13 +493,17 @@ def perturbable_modules(params) -> dict[str, tuple[str, ...]]:
   return dict(sorted(out.items(), key=lambda item: _network_order(item[0])))
 
 
+STEMS = ("conv1", "init_conv", "conv_2d")
+HEADS = ("linear", "fc", "logits")
+
+
 def _network_order(name: str):
   # Flax stores params sorted by name; put the stem first, the head last and
-  # compare numbers as numbers in between ('layer.10' after 'layer.9').
-  import re
-  rank = 0 if name == "conv1" else 2 if name in ("linear", "fc") else 1
+  # compare numbers as numbers in between ('layer.10' after 'layer.9',
+  # 'layer_10' after 'layer_9').
+  rank = 0 if name in STEMS else 2 if name in HEADS else 1
   parts = tuple((0, int(t), "") if t.isdigit() else (1, 0, t)
-                for t in re.split(r"[.]", name))
+                for t in re.split(r"[._]", name))
   return rank, parts
 
 
@@ -297,9 +538,6 @@ def resolve_modules(params, include: str | Sequence[str] | None = None,
 
   Raises UserError naming the bad module and listing the valid ones.
   """
-  import re
-
-  from rift_jax.errors import UserError
   names = list(perturbable_modules(params))
   if include is None or include == "" or include == ".*":
     chosen = names

@@ -1,6 +1,10 @@
-"""Loaders: IDX → TFDS (the Debian Fashion-MNIST path), Tiny-ImageNet folders,
-validation split, on-device augmentation, missing-data errors."""
+"""Loaders: IDX → TFDS (the Debian Fashion-MNIST path), the original file
+order through TFDS, Tiny-ImageNet folders, validation split, on-device
+augmentation, missing-data errors."""
+from __future__ import annotations
+
 import gzip
+import logging
 import os
 import struct
 
@@ -12,6 +16,9 @@ import pytest
 
 from rift_jax import data
 from rift_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = os.environ.get("FASHION_MNIST_DIR", data.DEBIAN_FASHION_MNIST)
 
 
 def _write_idx(path, arr):
@@ -41,25 +48,110 @@ def test_read_idx_round_trip(tmp_path):
     data.read_idx(str(tmp_path / "bad.gz"))
 
 
-def test_fashion_mnist_from_debian_files_through_tfds(tmp_path):
+def test_fashion_mnist_from_debian_files_through_tfds(tmp_path, capsys, caplog):
   debian = tmp_path / "debian"
   debian.mkdir()
   raw = _fake_fashion_mnist(str(debian))
   cfg = ml_collections.ConfigDict(dict(
       name="fashion_mnist", source="debian", data_dir=str(tmp_path / "tfds"),
       debian_dir=str(debian), val_size=10, split_seed=3))
+  caplog.set_level(logging.INFO, logger="absl")
   ds = data.load(cfg)
-  assert (tmp_path / "tfds" / data.DEBIAN_TFDS_NAME).is_dir()
+  # One line of ours, none of TFDS's "Downloading and preparing dataset ...
+  # downloaded and prepared" (nothing is downloaded), no progress bars.
+  out = capsys.readouterr()
+  assert out.out == (f"building the offline TFDS copy of Fashion-MNIST from "
+                     f"{debian} in {tmp_path / 'tfds'} (once, ~1 min)\n")
+  assert out.err == ""
+  assert not [r for r in caplog.records if "prepar" in r.getMessage()
+              or "Generating" in r.getMessage()]
+  assert (tmp_path / "tfds" / data.DEBIAN_TFDS_NAME /
+          data.DEBIAN_TFDS_VERSION).is_dir()
   assert ds.train.images.shape == (30, 28, 28, 1) and ds.train.images.dtype == np.uint8
   assert ds.val.images.shape == (10, 28, 28, 1)
-  assert ds.test.images.shape == (20, 28, 28, 1)
-  # Every (image, label) pair survives the TFDS round trip (order may change).
-  want = {raw["train"][0][i].tobytes(): int(raw["train"][1][i]) for i in range(40)}
-  for split in (ds.train, ds.val):
-    for img, lab in zip(split.images, split.labels):
-      assert want[img[..., 0].tobytes()] == lab
+  # The test split in IDX file order; train and val are the IDX train
+  # images in file order, split by the seeded permutation.
+  np.testing.assert_array_equal(ds.test.images[..., 0], raw["test"][0])
+  np.testing.assert_array_equal(ds.test.labels, raw["test"][1])
+  perm = np.random.default_rng(3).permutation(40)
+  for split, idx in ((ds.val, np.sort(perm[:10])), (ds.train, np.sort(perm[10:]))):
+    np.testing.assert_array_equal(split.images[..., 0], raw["train"][0][idx])
+    np.testing.assert_array_equal(split.labels, raw["train"][1][idx])
   x, y = next(data.train_batches(ds.train, 8, seed=0, epoch=1))
   assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+  # Built once: the second load prints nothing.
+  data.load(cfg)
+  assert capsys.readouterr().out == ""
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(
+    FMNIST, "t10k-images-idx3-ubyte.gz")), reason=f"Fashion-MNIST is not in "
+    f"{FMNIST} (apt-get install dataset-fashion-mnist or make data)")
+def test_real_fashion_mnist_keeps_the_idx_file_order():
+  # Built once per checkout under .pytest_cache (the first run takes ~1 min
+  # more). TFDS's shuffled 1.0.0 build kept 1 of the first 1,000 test images
+  # in its IDX position.
+  raw = data._load_fashion_mnist_debian(
+      FMNIST, os.path.join(REPO, ".pytest_cache", "tfds"))
+  for split, prefix in (("test", "t10k"), ("train", "train")):
+    images = data.read_idx(os.path.join(FMNIST, f"{prefix}-images-idx3-ubyte.gz"))
+    labels = data.read_idx(os.path.join(FMNIST, f"{prefix}-labels-idx1-ubyte.gz"))
+    assert len(raw[split]) == len(labels)
+    np.testing.assert_array_equal(raw[split].images[..., 0], images)
+    np.testing.assert_array_equal(raw[split].labels, labels)
+
+
+def _fake_tfds_cifar10(data_dir, sizes):
+  """A TFDS 'cifar10' with TFDS's features (id, image, label) and the id
+  numbers written into pixel (0, 0): TFDS shuffles it on write, as the real
+  one."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  features = tfds.features.FeaturesDict({
+      "id": tfds.features.Text(), "image": tfds.features.Image(shape=(32, 32, 3)),
+      "label": tfds.features.ClassLabel(num_classes=10)})
+
+  def split(name, n):
+    idx = np.arange(n)
+    images = np.zeros((n, 32, 32, 3), np.uint8)
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = idx % 256, idx // 256
+    return tf.data.Dataset.from_tensor_slices({
+        "id": [f"{name}_{i:05d}".encode() for i in idx], "image": images,
+        "label": (idx * 7 % 10).astype(np.int64)})
+  with data._quiet_tfds_build():
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name="cifar10", version=str(tfds.builder("cifar10").version),
+        features=features, split_datasets={k: split(k, n) for k, n in sizes.items()},
+        data_dir=str(data_dir))
+  return tfds
+
+
+def test_tfds_cifar_is_read_in_the_original_order_by_its_id(tmp_path):
+  tfds = _fake_tfds_cifar10(tmp_path, {"train": 300, "test": 260})
+  stored = tfds.as_numpy(tfds.builder("cifar10", data_dir=str(tmp_path))
+                         .as_dataset(split="test", batch_size=-1))["id"]
+  assert list(stored) != sorted(stored)  # TFDS did shuffle: the test means something
+  cfg = ml_collections.ConfigDict(dict(name="cifar10", source="tfds",
+                                       data_dir=str(tmp_path), val_size=50))
+  ds = data.load(cfg)
+  number = lambda s: (s.images[:, 0, 0, 0].astype(int)
+                      + 256 * s.images[:, 0, 0, 1].astype(int))
+  # The first N test images are the first N of the file (torchvision's order).
+  np.testing.assert_array_equal(number(ds.test), np.arange(260))
+  np.testing.assert_array_equal(ds.test.labels, np.arange(260) * 7 % 10)
+  assert np.all(np.diff(number(ds.train)) > 0) and np.all(np.diff(number(ds.val)) > 0)
+  assert len(ds.train) + len(ds.val) == 300
+
+
+def test_original_order_by_index_or_id_and_bad_ids():
+  np.testing.assert_array_equal(data.original_order({"index": [2, 0, 1]}), [1, 2, 0])
+  ids = np.array([b"train_00010", b"train_00002", b"train_00003"], object)
+  np.testing.assert_array_equal(data.original_order({"id": ids}), [1, 2, 0])
+  assert data.original_order({"image": np.zeros(3)}) is None
+  with pytest.raises(UserError, match="does not end in the example's number"):
+    data.original_order({"id": np.array([b"a_1", b"b"], object)}, "x")
+  with pytest.raises(UserError, match="same index/id number"):
+    data.original_order({"id": np.array([b"train_1", b"test_1"], object)}, "x")
 
 
 def test_missing_data_is_one_clear_error(tmp_path):
