@@ -2,27 +2,34 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+HASH := $(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+# What the demo needs (JAX, Flax, TFDS, ...), and on top of it what the tests
+# need (pytest, and PyTorch + torchattacks for the cross-checks).
+BASE_STAMP := $(VENV)/.installed-base-$(HASH)
+TEST_STAMP := $(VENV)/.installed-test-$(HASH)
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 export FASHION_MNIST_DIR
 
-.PHONY: demo test install data clean
+.PHONY: demo test install install-test data clean
 
 $(PY):
 	python3 -m venv $(VENV)
 
-# torch is pinned to the CPU build that installs fast from local disk here;
-# a range would pull a multi-GB CUDA build. It is only needed by the optional
-# PyTorch import/cross-check code and the benchmark.
-$(STAMP): setup.cfg pyproject.toml | $(PY)
+$(BASE_STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,torch]'
-	rm -f $(VENV)/.installed-*
+	$(PIP) install -q -e .
+	rm -f $(VENV)/.installed-base-*
 	touch $@
 
-install: $(STAMP)
+$(TEST_STAMP): $(BASE_STAMP)
+	$(PIP) install -q -e '.[test,torch]'
+	rm -f $(VENV)/.installed-test-*
+	touch $@
+
+install: $(BASE_STAMP)
+
+install-test: $(TEST_STAMP)
 
 data:
 	@bash scripts/ensure_data.sh
@@ -31,8 +38,8 @@ demo: install data
 	$(PY) -m launch.rift --config=configs/quickstart.py --workdir=$(DEMO_DIR) \
 	  --config.data.debian_dir=$(FASHION_MNIST_DIR)
 
-test: install
-	@bash scripts/ensure_data.sh || echo "(the torchattacks cross-check needs Fashion-MNIST and will be skipped)"
+test: install-test
+	@bash scripts/ensure_data.sh || echo "(the torchattacks cross-checks need Fashion-MNIST and will be skipped)"
 	$(PY) -m pytest -q tests
 
 clean:

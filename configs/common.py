@@ -17,6 +17,23 @@ def pgd(epsilon, step_size, num_steps, restarts=1, **kw):
   return c
 
 
+def ood(enabled=False, corruptions="all", max_images=0, **kw):
+  """An OOD block (`rift_jax.corruptions.load_sets`): source 'generated'
+  (corrupt the test split with imagecorruptions, cached in cache_dir, default
+  <workdir>/ood_cache) | 'cifar10_c' (TFDS cifar10_corrupted in root or
+  data.data_dir) | 'cifar100_c' (<root>/<name>.npy) | 'tiny_imagenet_c'
+  (<root>/<name>/<severity>/<wnid>/*.JPEG); corruptions 'standard' (15) |
+  'all' (19) | 'rift_code' (18) | a comma list; max_images 0 = all; seed:
+  the generation seed (fixed, so every run of a study sees the same
+  corrupted images, as with the released CIFAR-10-C)."""
+  c = ml_collections.ConfigDict(dict(
+      enabled=enabled, source="generated", root="", corruptions=corruptions,
+      severities=(1, 2, 3, 4, 5), max_images=max_images, per_corruption_max={},
+      cache_dir="", seed=0))
+  c.update(kw)
+  return c
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -26,10 +43,14 @@ def base_config() -> ml_collections.ConfigDict:
       train_size=0, test_size=0, split_seed=0))
   # conv_impl: input-gradient rule of the convolutions (rift_jax/conv.py):
   # auto = phase decomposition on CPU, XLA's own on GPU/TPU | phase | xla.
+  # input_normalization: how the model expects its inputs (rift_jax/config.py):
+  # 'dataset' (mean/std of the data set, inside the model) | 'none' ([0, 1]
+  # inputs, RobustBench) | ((mean, ...), (std, ...)).
   c.model = ml_collections.ConfigDict(dict(name="resnet18", width=64,
-                                           conv_impl="auto"))
+                                           conv_impl="auto",
+                                           input_normalization="dataset"))
   # natural | pgd_at | trades | mart | score | awp | cure | aft
-  # (rift_jax.objectives.OBJECTIVES); hyperparameters in the block named after it.
+  # (rift_jax.methods.METHODS); hyperparameters in the block named after it.
   c.method = "pgd_at"
   c.augment = True
   c.log_every = 10
@@ -37,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   # workdir (its best checkpoint) or a variables folder. CURE and AFT need a
   # naturally trained model here.
   c.init_from = ""
-  # Paper recipe (ALGORITHMS.md §2, Bag-of-Tricks): SGD 0.9, wd 5e-4, lr 0.1,
+  # Paper recipe (RiFT §5.1, Bag-of-Tricks): SGD 0.9, wd 5e-4, lr 0.1,
   # batch 128, 110 epochs, lr x0.1 at epochs 100 and 105.
   c.optim = ml_collections.ConfigDict(dict(
       lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False, batch_size=128,
@@ -46,10 +67,16 @@ def base_config() -> ml_collections.ConfigDict:
       # schedule='slow_start_fast_decay' (AFT, rift_jax/aft.py) only:
       warmup_epochs=0.0, start_lr_factor=0.0, decay_shape="linear",
       end_lr_factor=0.0))
-  # Method blocks (ALGORITHMS.md §2-4; rift_jax/objectives.py, cure.py).
+  # Method blocks (docs/algorithms.md; rift_jax/objectives.py, cure.py).
   c.trades = ml_collections.ConfigDict(dict(beta=6.0))
+  # λ = 6: mart.py / WideResNet script; the ResNet-18 script uses 5
+  # (configs/methods_paper.py sets it per architecture).
   c.mart = ml_collections.ConfigDict(dict(lam=6.0))
-  c.score = ml_collections.ConfigDict(dict(beta=4.0))
+  # recipe: 'no_extra_data' (CIFAR training set only; β = 6, clip_loss = 0.3,
+  # i.e. per-example losses below 0.1 are clipped) | 'extra_data' (the DDPM
+  # recipe's loss: β = 4, clip_loss = 0); see rift_jax/objectives.py.
+  c.score = ml_collections.ConfigDict(dict(recipe="no_extra_data", beta=6.0,
+                                           clip_loss=0.3))
   # base: 'pgd_at' | 'trades' (beta is TRADES' β then); AWP off for the first
   # warmup_epochs epochs.
   c.awp = ml_collections.ConfigDict(dict(gamma=5e-3, base="pgd_at", beta=6.0,
@@ -57,7 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.cure = ml_collections.ConfigDict(dict(beta=6.0, gamma=1.0, p=30.0,
                                           alpha=0.1, r=0.2, d=0.999))
   # Training attack: L-inf PGD-10, eps 8/255, step 2/255, BN in train mode.
-  c.attack = pgd(8 / 255, 2 / 255, 10, bn_mode="train")
+  # bn_passes: which forward passes update the BN running averages,
+  # 'authors' (every train-mode pass of the authors' loop: attack passes of a
+  # train-mode CE attack, statistics-only repeats) | 'loss' (only the loss
+  # passes); rift_jax/objectives.py, BatchNorm policy.
+  c.attack = pgd(8 / 255, 2 / 255, 10, bn_mode="train", bn_passes="authors")
   # Model selection on validation: PGD-10 (one restart) each epoch.
   c.eval = ml_collections.ConfigDict(dict(
       batch_size=256, attack=pgd(8 / 255, 2 / 255, 10)))
@@ -66,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def rift_config() -> ml_collections.ConfigDict:
-  """RiFT (ALGORITHMS.md §1) with the paper's / official code's settings."""
+  """RiFT (docs/algorithms.md) with the paper's / official code's settings."""
   r = ml_collections.ConfigDict()
   # '' = train θ_AT with this config first (into <workdir>/at); else a
   # variables folder or a launch/train workdir.
@@ -76,12 +107,19 @@ def rift_config() -> ml_collections.ConfigDict:
       attack=pgd(8 / 255, 2 / 255, 10),  # crafted once against θ_AT, eval mode
       epsilon=0.1, learning_rate=1.0, num_passes=10, batch_size=512,
       projection="per_pass",   # official code; 'per_step' = paper Algorithm 1
-      mode="sequential",       # or 'vmap' (several modules at once)
+      mode="sequential",       # or 'vmap' (several modules at once; route mask)
+      # static: differentiate only module i's kernel (backward stops there) |
+      # mask: a params-shaped Δ times a data mask (one program, vmap-able)
+      route="static",
       vmap_chunk=4, include="", exclude=""))
   r.finetune = ml_collections.ConfigDict(dict(
       # non_robust_critical (RiFT) | robust_critical | all | last | topk | modules
       target="non_robust_critical", k=1, modules=(),
+      # the modules a target picks from: all (paper) | conv3x3 (3x3 convs only)
+      candidates="all",
       update_batch_stats=True,  # official code: BN statistics follow clean data
+      # random crop + flip while fine-tuning: match θ's training recipe
+      augment=True,
       lr_sweep=(),              # e.g. (1e-3, 5e-3, 1e-2): chosen on validation
       optim=ml_collections.ConfigDict(dict(
           lr=1e-3, momentum=0.9, weight_decay=5e-4, nesterov=False,
@@ -91,14 +129,9 @@ def rift_config() -> ml_collections.ConfigDict:
   r.tolerance = 0.1   # percentage points of validation robust accuracy
   r.alpha_chunk = 0   # α values evaluated at once (vmap); 0 = per backend
   r.ablations = ()    # any of: all, last, robust_critical, topk
+  # θ* is always exported as theta_star.{safetensors,pth}; θ_FT on request.
+  r.export_theta_ft = False
   # Final test attack: PGD-10, 3 restarts, per-example worst case.
   r.test_attack = pgd(8 / 255, 2 / 255, 10, restarts=3)
-  r.ood = ml_collections.ConfigDict(dict(
-      enabled=False,
-      # generated (corrupt the test split, cached) | cifar10_c (TFDS
-      # cifar10_corrupted in data_dir) | cifar100_c (<root>/<name>.npy) |
-      # tiny_imagenet_c (<root>/<name>/<severity>/<wnid>/*.JPEG)
-      source="generated", root="",
-      corruptions="all", severities=(1, 2, 3, 4, 5), max_images=0,
-      per_corruption_max={}, cache_dir=""))
+  r.ood = ood()
   return r

@@ -7,19 +7,26 @@
 the checkpoint belongs to (default: quickstart); this file adds the
 `evaluate` block. The threat model defaults to that config's `eval.attack`
 (ε, norm, PGD step); the attacks follow the paper protocol made stricter
-(ALGORITHMS.md §5): PGD-10 with 3 restarts (an example is robust only if it
-survives all), then AutoAttack's standard APGD-CE -> APGD-T (100 steps,
-9 target classes) on the survivors.
+(docs/algorithms.md): PGD-10 with 3 restarts (an example is robust only if it
+survives all), then AutoAttack's standard version (APGD-CE -> APGD-T ->
+FAB-T -> Square: 100 steps, 9 target classes, 5,000 queries) on the
+survivors.
 
 Suite entries (comma list): clean, pgd, pgd_cw (PGD on the CW margin),
-apgd_ce, apgd_dlr, apgd_t, autoattack (APGD-CE then APGD-T), ood.
-OOD sources: generate (imagecorruptions on the test split, cached),
+apgd_ce, apgd_dlr, apgd_t, fab, fab_t, square, autoattack (the standard
+version by default: APGD-CE → APGD-T → FAB-T → Square;
+--config.evaluate.autoattack.version=plus|rand), ood.
+How a PyTorch checkpoint expects its inputs is `model.input_normalization`
+('dataset' or 'none' for RobustBench models).
+OOD sources: generated (imagecorruptions on the test split, cached),
 cifar10_c (TFDS cifar10_corrupted in data.data_dir), cifar100_c (folder of
 <corruption>.npy + labels.npy), tiny_imagenet_c (<root>/<name>/<sev>/<wnid>/).
 """
 import importlib
 
 import ml_collections
+
+from configs import common
 
 
 def get_config(arg: str = "quickstart"):
@@ -37,11 +44,11 @@ def get_config(arg: str = "quickstart"):
           num_steps=10, step_size=float(a.step_size), restarts=3)),
       apgd=ml_collections.ConfigDict(dict(
           num_steps=100, restarts=1, num_target_classes=9, unroll="auto")),
-      ood=ml_collections.ConfigDict(dict(
-          source="generate", root="", corruptions="standard",
-          severities=(1, 2, 3, 4, 5), max_images=1000, cache_dir="")),
-      # --torch_checkpoint: True = the PyTorch model expects inputs
-      # normalised with the data set's mean/std (our model does it inside);
-      # False = it takes [0, 1] inputs (RobustBench).
-      torch_normalized_inputs=True))
+      # AutoAttack (and the fab / fab_t / square entries): the version, a
+      # subset of its attacks ('' = all, e.g. 'apgd_ce,apgd_t,fab_t,square'),
+      # APGD/FAB iterations, target classes, Square queries, EOT calls (rand).
+      autoattack=ml_collections.ConfigDict(dict(
+          version="standard", attacks="", num_steps=100, num_target_classes=9,
+          square_queries=5000, eot_iter=20)),
+      ood=common.ood(enabled=True, corruptions="standard", max_images=1000)))
   return c.lock()

@@ -17,7 +17,7 @@ Tiny-ImageNet). For a GPU/TPU user with the data prepared in TFDS's data_dir
 
 Variant: `<dataset>,<model>[,<method>]`. The base model is trained with the
 Bag-of-Tricks recipe (configs/methods_paper.py) unless rift.at_checkpoint is
-set. RiFT settings (ALGORITHMS.md §1): MRC ε = 0.1, SGD lr 1, 10 passes,
+set. RiFT settings (docs/algorithms.md): MRC ε = 0.1, SGD lr 1, 10 passes,
 batch 512, per-pass projection, fixed set = 2,000 validation images
 (the official code used the test set); fine-tuning SGD 0.9, wd 5e-4, lr 1e-3,
 batch 128, 10 epochs, ×0.1 after 5, BN statistics updated; α ∈ {0, .1, …, 1}

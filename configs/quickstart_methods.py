@@ -19,9 +19,13 @@ corruption and severity (cached once in runs/methods/ood_cache).
 
 Variants: natural, pgd_at, trades, mart, score, awp, cure, aft. Everything
 else is `configs/quickstart.py` (Fashion-MNIST, ResNet-18 width 8, ε = 0.1,
-PGD-5 for training). Method hyperparameters are the papers' (ALGORITHMS.md
-§2-4); TRADES' KL attack, MART's CE attack and CURE's attack share the
-quickstart's ε, step and number of steps.
+PGD-5 for training). Method settings are the authors' as in
+`configs/methods_paper.py` (`method_settings`: BN mode while crafting —
+eval for TRADES, MART, SCORE and CURE, train for PGD-AT, AT-AWP and AFT —,
+the authors' BN statistics passes, MART's ResNet-18 λ = 5, SCORE's
+no-extra-data recipe β = 6 with loss clipping at 0.3), the optimiser is the
+quickstart's for every method; TRADES' KL attack, MART's CE attack and
+CURE's attack share the quickstart's ε, step and number of steps.
 
 AFT: PGD-AT fine-tuning of the natural run for half the epochs of PGD-AT,
 schedule 'slow_start_fast_decay' (rift_jax/aft.py) with peak lr = 0.05, no
@@ -39,7 +43,7 @@ keeps 6 of 15 epochs, unmeasured here).
 CURE: fine-tunes the natural run with the paper's ResNet-18 values (p = 30,
 α = 0.1, γ = 1, r = 0.2, d = 0.999, β = 6).
 """
-from configs import quickstart
+from configs import methods_paper, quickstart
 
 METHODS = ("natural", "pgd_at", "trades", "mart", "score", "awp", "cure", "aft")
 NATURAL_RUN = "runs/methods/natural"
@@ -53,7 +57,7 @@ def get_config(arg: str = "pgd_at"):
     raise ValueError(f"variant {method!r} is not allowed; choose one of: "
                      + ", ".join(METHODS))
   c = quickstart.get_config()   # locked: only existing fields can change
-  c.method = method
+  methods_paper.method_settings(c, method, c.model.name)
   if option == "fast":
     c.data.train_size, c.data.val_size, c.data.test_size = 3000, 500, 500
     c.optim.epochs, c.optim.lr_decay_epochs = 3, (2,)

@@ -89,12 +89,12 @@ def _rss_mb() -> float:
 
 # -------------------------------------------------------- PyTorch model
 def torch_twin(width: int, variables):
-  """The PyTorch ResNet-18 of the cross-checks (`tests/torch_reference.py`,
+  """The PyTorch ResNet-18 of the cross-checks (`rift_jax/torch_models.py`,
   same layers and names as `rift_jax.models.ResNet`) holding `variables`."""
   import torch
   from rift_jax import convert
-  from tests import torch_reference
-  model = torch_reference.ResNet18(num_classes=NUM_CLASSES, width=width,
+  from rift_jax import torch_models
+  model = torch_models.ResNet18(num_classes=NUM_CLASSES, width=width,
                                    mean=CIFAR_MEAN, std=CIFAR_STD)
   model.load_state_dict({k: torch.from_numpy(v) for k, v in
                          convert.to_state_dict(variables).items()})
@@ -131,8 +131,8 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   import torch
   import torchattacks
   from configs import common as config_common
-  from rift_jax import (attacks, conv, evaluate, interpolate, models, mrc,
-                        objectives, sharding, train)
+  from rift_jax import (attacks, conv, criticality, evaluate, interpolation,
+                        models, objectives, sharding, train)
 
   torch.set_num_threads(threads)
   out: dict = {"config": dict(model="resnet18", width=width, batch_size=batch,
@@ -205,7 +205,7 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   tx = train.make_optimizer(optim, 100)
   ctx = objectives.Context(fns=fns, attack=attacks.PGDConfig(
       epsilon=EPSILON, step_size=STEP_SIZE, num_steps=num_steps), attack_bn="train")
-  step = train.make_train_step(ctx, tx, objectives.OBJECTIVES["pgd_at"], None,
+  step = train.make_train_step(ctx, tx, objectives.pgd_at, None,
                                augment=False)
   # A copy: the step donates its state, which must not delete `variables`.
   state = sharding.replicate(train.create_state(
@@ -284,14 +284,14 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
                                    ["layer2.1.conv2", "layer3.1.conv2",
                                     "layer4.1.conv1", "linear"][:mrc_modules])
   stamps = []
-  mrc.module_robust_criticality(
-      lambda vv, xx: fns.logits(vv, xx, train=False), variables, x_adv, y_np,
+  criticality.mrc(
+      fns, variables, x_adv, y_np,
       modules=modules, num_passes=1, batch_size=batch, mesh=mesh,
       on_step=lambda *_: stamps.append(time.perf_counter()))
   per_module = np.diff(stamps)
   out["mrc_seconds_per_module"] = float(np.min(per_module))
   out["mrc_seconds_per_module_all"] = per_module.tolist()
-  out["mrc_setting"] = ("rift_jax.mrc.module_robust_criticality, 1 pass over a "
+  out["mrc_setting"] = ("rift_jax.mrc, 1 pass over a "
                         f"fixed set of {batch} adversarial images, batch {batch}: "
                         "ascent step, projection, loss/accuracy evaluation; "
                         "compiled before timing")
@@ -304,14 +304,14 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
       epsilon=EPSILON, step_size=STEP_SIZE, num_steps=num_steps)), batch, mesh,
       stacked=True)
   alpha = jnp.asarray([0.5], jnp.float32)
-  stack = jax.jit(interpolate.interpolate_stack)
+  stack = jax.jit(interpolation.mix_stack)
 
   def one_alpha():
     evaluator(stack(variables, theta_ft, alpha), split, key)
   out["interpolation_seconds_per_alpha"], out["interpolation_s_all"], _ = _timed(
       one_alpha, reps)
   out["interpolation_setting"] = (
-      "rift_jax.interpolate.interpolate_stack + evaluate.Evaluator(stacked=True) "
+      "rift_jax.interpolation.mix_stack + evaluate.Evaluator(stacked=True) "
       f"(as evaluate_alphas with chunk=1): clean + PGD-{num_steps} on {batch} "
       "images; compiled before timing")
   save(out)
@@ -327,7 +327,7 @@ REQUIRED_KEYS = ("pgd_speedup_vs_torch", "at_step_speedup_vs_torch",
 
 
 def main():
-  from rift_jax import train
+  from rift_jax import workdir
   from rift_jax.errors import UserError
   if not FLAGS.out:
     raise UserError("--out is required (the JSON file to write)")
@@ -343,7 +343,7 @@ def main():
   if not os.path.isdir(os.path.dirname(out_path)):
     raise UserError(f"--out={FLAGS.out!r}: folder does not exist")
   def save(partial):
-    train.write_json(out_path, dict(partial, reduced=FLAGS.reduced,
+    workdir.write_json(out_path, dict(partial, reduced=FLAGS.reduced,
                                     peak_rss_mb=_rss_mb()))
   result = run(threads=FLAGS.threads or os.cpu_count(),
                rolled=FLAGS.rolled and not FLAGS.reduced, save=save,

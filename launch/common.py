@@ -47,13 +47,48 @@ def _first_line(e: BaseException) -> str:
   return lines[0]
 
 
+def _unknown_key(e: BaseException, argv) -> str | None:
+  """'unknown key optim.lrr; did you mean optim.lr?' for ml_collections'
+  "'lrr'\nDid you mean "lr" instead of "lrr"?" (KeyError/AttributeError),
+  with the full key taken from the --config.<key>=... argument."""
+  import re
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = str(e.args[0]) if e.args else str(e)
+  bad = re.search(r"""['"]([^'"\s]+)['"]""", text)
+  if not bad:
+    return None
+  bad = bad.group(1)
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  for arg in argv[1:]:
+    m = re.match(r"--config\.([^=]+)", arg)
+    if m and bad in m.group(1).split("."):
+      parts = m.group(1).split(".")
+      key = ".".join(parts[:parts.index(bad) + 1])
+      msg = f"unknown key {key!r} in {arg.split('=')[0]}"
+      if hint:
+        msg += f"; did you mean {'.'.join(parts[:parts.index(bad)] + [hint.group(1)])!r}?"
+      return msg
+  return None
+
+
 def _parse(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
     fail(_first_line(e))
-  except (KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+  except (KeyError, AttributeError) as e:
+    fail(f"bad config: {_unknown_key(e, argv) or _first_line(e)}")
+  except (ValueError, TypeError, OSError) as e:
     fail(f"bad config: {_first_line(e)}")
+
+
+def workdir_flag(what: str) -> str:
+  """--workdir, required: the folder for `what`."""
+  from rift_jax.errors import UserError
+  if not FLAGS.workdir:
+    raise UserError(f"--workdir is required (a directory for {what})")
+  return FLAGS.workdir
 
 
 def maybe_initialize_distributed() -> None:
@@ -89,7 +124,7 @@ def run(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
       fail("interrupted; finished stages and checkpoints are kept", 130)
     except Exception as e:  # noqa: BLE001
-      from rift_jax.train import NonFiniteLoss
+      from rift_jax.errors import NonFiniteLoss
       if isinstance(e, NonFiniteLoss):
         fail(_first_line(e), 3)
       raise

@@ -4,8 +4,9 @@
   python -m launch.rift --config=configs/paper.py:cifar10,resnet18 \
       --workdir=runs/c10 --config.rift.at_checkpoint=runs/c10_at
 
-Writes results.json, report.md, mrc.png and interpolation.png into --workdir;
-a re-run skips every finished stage (see rift_jax/pipeline.py).
+Writes results.json, records.npz, report.md, mrc.png and interpolation.png
+into --workdir; a re-run skips every finished stage (rift_jax/pipeline.py).
+Every config value is checked before any work.
 """
 from launch import common
 
@@ -14,20 +15,18 @@ FLAGS = common.FLAGS
 
 
 def main():
-  from rift_jax import pipeline
-  from rift_jax.errors import UserError
+  from rift_jax import pipeline, report, validation
   common.maybe_initialize_distributed()
-  if not FLAGS.workdir:
-    raise UserError("--workdir is required (a directory for all stage outputs)")
-  results = pipeline.run(FLAGS.config, FLAGS.workdir)
-  at, rf = results["at"], results["rift"]
-
-  def f(v):
-    return "–" if v is None else f"{v:.2f}"
+  validation.validate_rift(FLAGS.config)
+  workdir = common.workdir_flag("all stage outputs")
+  results = pipeline.run(FLAGS.config, workdir)
+  at, rf, p = results["at"], results["rift"], results.get("paired", {})
   print(f"module {results['modules']}, alpha {results['alpha']:.2f}")
-  print(f"AT      clean {f(at['clean'])}  OOD {f(at.get('ood'))}  adv {f(at['adv'])}")
-  print(f"AT+RiFT clean {f(rf['clean'])}  OOD {f(rf.get('ood'))}  adv {f(rf['adv'])}")
-  print(f"report: {FLAGS.workdir}/report.md")
+  for k, name in (("clean", "clean"), ("ood", "OOD"), ("adv", "adv")):
+    if at.get(k) is not None:
+      print(f"{name:5s} AT {at[k]:6.2f}  AT+RiFT {rf[k]:6.2f}  "
+            f"Δ {report.delta_cell(p.get(k))}  {report.verdict_cell(p.get(k))}")
+  print(f"report: {workdir}/report.md")
 
 
 if __name__ == "__main__":

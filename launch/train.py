@@ -5,6 +5,8 @@
 
 Runs `rift_jax.train.train_and_evaluate`, then reports clean and PGD accuracy
 of the best-by-validation checkpoint on the test split (`test_results.json`).
+`--config.init_from` may name a launch.train workdir, a variables folder or a
+PyTorch state_dict (.pth/.pt/.safetensors).
 """
 import os
 
@@ -16,25 +18,22 @@ FLAGS = common.FLAGS
 
 def main():
   import jax
-  from rift_jax import attacks, evaluate, train
-  from rift_jax.errors import UserError
+  from rift_jax import (attacks, config as config_lib, evaluate, models, train,
+                        validation, workdir)
   common.maybe_initialize_distributed()
-  if not FLAGS.workdir:
-    raise UserError("--workdir is required (a directory for checkpoints and results)")
   config = FLAGS.config
-  result = train.train_and_evaluate(config, FLAGS.workdir)
-  model = train.build_model(config, result.info)
-  from rift_jax import models
+  validation.validate_train(config)
+  workdir_ = common.workdir_flag("checkpoints and results")
+  result = train.train_and_evaluate(config, workdir_)
   attack = attacks.PGDConfig.from_config(config.eval.attack, "eval.attack")
-  evaluator = evaluate.Evaluator(models.ModelFns(model), evaluate.pgd_attack_fn(attack),
-                                 int(config.eval.batch_size))
+  evaluator = evaluate.Evaluator(
+      models.ModelFns(config_lib.build_model(config, result.info)),
+      evaluate.pgd_attack_fn(attack), int(config.eval.batch_size))
   test = evaluator(result.variables, result.dataset.test,
                    jax.random.PRNGKey(int(config.seed) + 1), desc="test")
-  out = {"best_epoch": result.best_epoch, "test_clean": test["clean"],
-         "test_adv": test["adv"], "n_test": test["n"],
-         "attack": attack.__dict__}
-  train.write_json(os.path.join(os.path.abspath(FLAGS.workdir), "test_results.json"),
-                   out)
+  workdir.write_json(os.path.join(workdir_, "test_results.json"), {
+      "best_epoch": result.best_epoch, "test_clean": test["clean"],
+      "test_adv": test["adv"], "n_test": test["n"], "attack": attack.__dict__})
   print(f"test ({test['n']} images, best epoch {result.best_epoch}): clean "
         f"{test['clean']:.2f}%  PGD-{attack.num_steps} {test['adv']:.2f}%")
 

@@ -1,5 +1,21 @@
 """rift-jax: RiFT, adversarial training, CURE and AFT in JAX/Flax.
 
+RiFT's three steps (Zhu et al., ICCV 2023), each one function over the same
+model handle (`ModelFns`):
+
+    from rift_jax import ModelFns, create_model, fixed_adversarial_set, mrc, \
+        least_critical, finetune, interpolate
+    fns = ModelFns(model)
+    x_adv, y = fixed_adversarial_set(fns, variables, val_split, attack, rng, 256)
+    scores = mrc(fns, variables, x_adv, y)                 # step 1
+    module = least_critical(scores)[0]
+    ft = finetune(fns, variables, dataset, [module])        # step 2
+    res = interpolate(fns, variables, ft.variables, dataset.val, attack_fn, rng)
+    theta_star = res.theta_star                             # step 3
+
+The names are loaded on first use, so `import rift_jax.stats` (pure numpy)
+does not import JAX.
+
 Importing the package sets one XLA:CPU default (before JAX creates its CPU
 backend; GPU and TPU compilation ignore it): convolutions are left to XLA's
 own Eigen kernels instead of the YNNPACK library fusion, which on the 2-core
@@ -42,3 +58,40 @@ def _set_xla_cpu_defaults() -> None:
 
 
 _set_xla_cpu_defaults()
+
+
+# Public API: name -> (module, attribute), imported on first access.
+_API = {
+    "mrc": ("rift_jax.criticality", "mrc"),
+    "fixed_adversarial_set": ("rift_jax.criticality", "fixed_adversarial_set"),
+    "least_critical": ("rift_jax.criticality", "least_critical"),
+    "most_critical": ("rift_jax.criticality", "most_critical"),
+    "MRCResult": ("rift_jax.criticality", "MRCResult"),
+    "finetune": ("rift_jax.finetuning", "finetune"),
+    "interpolate": ("rift_jax.interpolation", "interpolate"),
+    "ModelFns": ("rift_jax.models", "ModelFns"),
+    "create_model": ("rift_jax.models", "create_model"),
+    "init_variables": ("rift_jax.models", "init_variables"),
+    "perturbable_modules": ("rift_jax.models", "perturbable_modules"),
+    "PGDConfig": ("rift_jax.attacks", "PGDConfig"),
+    "pgd": ("rift_jax.attacks", "pgd"),
+    "pgd_attack_fn": ("rift_jax.evaluate", "pgd_attack_fn"),
+    "Evaluator": ("rift_jax.evaluate", "Evaluator"),
+    "paired_bootstrap": ("rift_jax.stats", "paired_bootstrap"),
+    "mcnemar": ("rift_jax.stats", "mcnemar"),
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+  if name in _API:
+    import importlib
+    module, attr = _API[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'rift_jax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + __all__)

@@ -11,7 +11,8 @@ per-example worst case. Every function here is traceable: call it inside
 BatchNorm mode the caller chose; the attack never sees the model.
 
 Loop form: XLA:CPU runs while-loop bodies several times slower than
-straight-line code (MACHINE-FACTS.md), so `unroll='auto'` unrolls the step loop
+straight-line code (measured with `launch/benchmark.py`: the convolutions
+inside a while-loop body do not take XLA's fast library path), so `unroll='auto'` unrolls the step loop
 on CPU and keeps a rolled `fori_loop` on GPU/TPU, where it compiles faster and
 runs as fast. `launch/benchmark.py` measures both.
 """
@@ -25,7 +26,6 @@ import jax.numpy as jnp
 
 from rift_jax.errors import check_choice, check_range
 
-LOSSES = ("ce", "kl", "margin", "dlr")
 NORMS = ("linf", "l2")
 INITS = ("uniform", "normal", "zero")
 
@@ -86,16 +86,21 @@ def dlr_targeted(logits: jax.Array, labels: jax.Array, targets: jax.Array
   return (z_t - z_y) / (z[:, -1] - 0.5 * (z[:, -3] + z[:, -4]) + 1e-12)
 
 
+# Every loss an attack maximises: name -> f(logits, labels, target_logits)
+# -> per-example loss `[batch]`. 'kl' and 'se' compare with the clean
+# prediction (`target_logits`); the others use the labels.
+LOSSES = {
+    "ce": lambda z, y, t: cross_entropy(z, y),
+    "kl": lambda z, y, t: kl_divergence(z, t),
+    "se": lambda z, y, t: softmax_squared_error(z, t),
+    "margin": lambda z, y, t: margin(z, y),
+    "dlr": lambda z, y, t: dlr(z, y),
+}
+
+
 def _attack_loss(name: str, logits, labels, target_logits):
-  if name == "ce":
-    return cross_entropy(logits, labels)
-  if name == "kl":
-    return kl_divergence(logits, target_logits)
-  if name == "se":
-    return softmax_squared_error(logits, target_logits)
-  if name == "dlr":
-    return dlr(logits, labels)
-  return margin(logits, labels)
+  check_choice("attack loss", name, tuple(LOSSES))
+  return LOSSES[name](logits, labels, target_logits)
 
 
 # ------------------------------------------------------- geometry (per norm)
@@ -147,6 +152,13 @@ def resolve_unroll(unroll) -> bool | int:
   return unroll
 
 
+def target_classes(clean_logits: jax.Array, rank: int | jax.Array) -> jax.Array:
+  """The class with the `rank`-th largest clean logit `[batch]` (rank 2 = the
+  runner-up): APGD-T's target for its (rank − 1)-th run."""
+  order = jnp.argsort(clean_logits, axis=-1)
+  return jnp.take(order, clean_logits.shape[-1] - rank, axis=-1)
+
+
 # ---------------------------------------------------------------- PGD
 @dataclasses.dataclass(frozen=True)
 class PGDConfig:
@@ -167,7 +179,7 @@ class PGDConfig:
     check_range(f"{prefix}.num_steps", self.num_steps, 1)
     check_range(f"{prefix}.restarts", self.restarts, 1)
     check_choice(f"{prefix}.norm", self.norm, NORMS)
-    check_choice(f"{prefix}.loss", self.loss, LOSSES)
+    check_choice(f"{prefix}.loss", self.loss, tuple(LOSSES))
     check_choice(f"{prefix}.init", self.init, INITS)
     return self
 
@@ -226,12 +238,19 @@ def pgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
     loss = _attack_loss(cfg.loss, logits, labels, target_logits)
     fooled = (jnp.argmax(logits, -1) != labels) if labels is not None else (
         jnp.zeros_like(loss, bool))
-    if best is None:
-      best = (xa, loss, fooled)
-      continue
-    b_x, b_loss, b_fooled = best
-    better = (fooled & ~b_fooled) | ((fooled == b_fooled) & (loss > b_loss))
-    pick = better.reshape((-1,) + (1,) * (x.ndim - 1))
-    best = (jnp.where(pick, xa, b_x), jnp.where(better, loss, b_loss),
-            fooled | b_fooled)
+    best = keep_worst(best, xa, loss, fooled)
   return jax.lax.stop_gradient(best[0])
+
+
+def keep_worst(best, x_adv, loss, fooled):
+  """Restarts' per-example worst case: `best` (None or a previous
+  (x_adv, loss, fooled)) updated with one more run — an example keeps the
+  run that misclassifies it (the first such), else the highest loss.
+  x_adv `[batch, ...]`, loss and fooled `[batch]`."""
+  if best is None:
+    return x_adv, loss, fooled
+  b_x, b_loss, b_fooled = best
+  better = (fooled & ~b_fooled) | ((fooled == b_fooled) & (loss > b_loss))
+  pick = better.reshape((-1,) + (1,) * (x_adv.ndim - 1))
+  return (jnp.where(pick, x_adv, b_x), jnp.where(better, loss, b_loss),
+          fooled | b_fooled)

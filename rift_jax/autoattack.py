@@ -39,14 +39,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from rift_jax import attacks, data, sharding
+from rift_jax import attacks, data, evaluate, fab, sharding, square
 from rift_jax.errors import UserError, check_choice, check_range
 
 APGD_LOSSES = ("ce", "dlr", "dlr_targeted")
@@ -96,6 +96,7 @@ class APGDConfig:
   num_target_classes: int = 9  # APGD-T only
   rho: float = 0.75
   momentum: float = 0.75
+  eot_iter: int = 1            # >1: gradient averaged over calls (EOT)
   unroll: bool | int | str = "auto"
 
   def validate(self, prefix: str = "apgd") -> "APGDConfig":
@@ -105,6 +106,7 @@ class APGDConfig:
     check_range(f"{prefix}.num_target_classes", self.num_target_classes, 1)
     check_range(f"{prefix}.rho", self.rho, 0.0, 1.0)
     check_range(f"{prefix}.momentum", self.momentum, 0.0, 1.0)
+    check_range(f"{prefix}.eot_iter", self.eot_iter, 1)
     check_choice(f"{prefix}.norm", self.norm, attacks.NORMS)
     check_choice(f"{prefix}.loss", self.loss, APGD_LOSSES)
     return self
@@ -162,6 +164,10 @@ def apgd_run(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
       per = _loss(cfg, logits, y, y_target)
       return jnp.sum(per), (per, logits)
     (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(xa)
+    for _ in range(cfg.eot_iter - 1):  # expectation over the model's randomness
+      (_, (p2, _)), g2 = jax.value_and_grad(total, has_aux=True)(xa)
+      per, g = per + p2, g + g2
+    per, g = per / cfg.eot_iter, g / cfg.eot_iter
     return per, jnp.argmax(logits, -1) != y, g
 
   x0 = attacks.project(attacks.random_init(rng, x, eps, norm, "uniform", 0.0),
@@ -208,13 +214,6 @@ def apgd_run(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   return jax.lax.stop_gradient(x_adv), s["fooled"]
 
 
-def target_classes(clean_logits: jax.Array, rank: int | jax.Array) -> jax.Array:
-  """The class with the `rank`-th largest clean logit `[batch]` (rank 2 = the
-  runner-up): APGD-T's target for its (rank − 1)-th run."""
-  order = jnp.argsort(clean_logits, axis=-1)
-  return jnp.take(order, clean_logits.shape[-1] - rank, axis=-1)
-
-
 def apgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
          y: jax.Array, rng: jax.Array, cfg: APGDConfig) -> jax.Array:
   """Full APGD (all restarts; all target classes for 'dlr_targeted') inside
@@ -227,7 +226,7 @@ def apgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   clean_logits = logits_fn(x)
   best = fooled = None
   for r, rank in _runs(cfg, clean_logits.shape[-1]):
-    y_t = target_classes(clean_logits, rank) if rank else None
+    y_t = attacks.target_classes(clean_logits, rank) if rank else None
     xa, f = apgd_run(logits_fn, x, y, jax.random.fold_in(rng, r), cfg, y_t)
     if best is None:
       best, fooled = xa, f
@@ -253,49 +252,137 @@ def _runs(cfg: APGDConfig, num_classes: int) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------- the suite
+AttackConfig = Union[APGDConfig, attacks.PGDConfig, fab.FABConfig,
+                     square.SquareConfig]
+
+
 @dataclasses.dataclass(frozen=True)
 class Attack:
-  """One named attack of a suite: APGD or PGD settings."""
+  """One named attack of a suite: APGD, PGD, FAB or Square settings."""
   name: str
-  cfg: APGDConfig | attacks.PGDConfig
+  cfg: AttackConfig
 
   def runs(self, num_classes: int) -> list[tuple[int, int]]:
+    """(run index r, target rank or 0) pairs, in the authors' order."""
     if isinstance(self.cfg, APGDConfig):
       return _runs(self.cfg, num_classes)
+    if isinstance(self.cfg, fab.FABConfig):
+      return fab.runs(self.cfg, num_classes)
     return [(r, 0) for r in range(self.cfg.restarts)]
 
 
-def standard_attacks(epsilon: float = 8 / 255, norm: str = "linf",
+VERSIONS = ("standard", "plus", "rand")
+ATTACK_NAMES = ("apgd_ce", "apgd_dlr", "apgd_t", "fab", "fab_t", "square")
+# AutoAttack's versions (fra31/auto-attack, autoattack.py `set_version`):
+# the attacks in order and their restarts.
+_VERSION_ATTACKS = {
+    "standard": (("apgd_ce", 1), ("apgd_t", 1), ("fab_t", 1), ("square", 1)),
+    "plus": (("apgd_ce", 5), ("apgd_dlr", 5), ("fab", 5), ("square", 1),
+             ("apgd_t", 1), ("fab_t", 1)),
+    "rand": (("apgd_ce", 1), ("apgd_dlr", 1)),
+}
+
+
+def autoattack_suite(version: str = "standard", epsilon: float = 8 / 255,
+                     norm: str = "linf", *, names: Sequence[str] | None = None,
                      num_steps: int = 100, num_target_classes: int = 9,
-                     restarts: int = 1, unroll="auto") -> list[Attack]:
-  """AutoAttack's standard version without FAB-T and Square: APGD-CE, then
-  APGD-T on the survivors (100 steps, 1 restart, 9 target classes)."""
-  kw = dict(epsilon=epsilon, norm=norm, num_steps=num_steps,
-            restarts=restarts, unroll=unroll)
-  return [Attack("apgd_ce", APGDConfig(loss="ce", **kw).validate("apgd_ce")),
-          Attack("apgd_t", APGDConfig(loss="dlr_targeted",
-                                      num_target_classes=num_target_classes,
-                                      **kw).validate("apgd_t"))]
+                     square_queries: int = 5000, eot_iter: int = 20,
+                     restarts: int | None = None, unroll="auto",
+                     prefix: str = "autoattack") -> list[Attack]:
+  """AutoAttack (Croce & Hein, ICML 2020) as a suite for `run_suite`.
+
+  version 'standard': APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square
+  (5,000 queries), one restart each — the version robustness numbers are
+  judged by. 'plus': APGD-CE and APGD-DLR with 5 restarts, untargeted FAB
+  with 5 restarts, Square, APGD-T, FAB-T. 'rand' (models with randomness):
+  APGD-CE and APGD-DLR with the gradient averaged over `eot_iter` calls
+  (expectation over transformations). APGD and FAB run `num_steps`
+  iterations. `names` keeps a subset, in the version's order; `restarts`
+  replaces the version's restarts of every attack.
+  """
+  check_choice(f"{prefix}.version", version, VERSIONS)
+  plan = _VERSION_ATTACKS[version]
+  if names:
+    for n in names:
+      check_choice(f"{prefix}.attacks entry", n, [a for a, _ in plan])
+    plan = tuple((a, r) for a, r in plan if a in names)
+  eot = eot_iter if version == "rand" else 1
+  out = []
+  for name, version_restarts in plan:
+    kw = dict(epsilon=epsilon, norm=norm,
+              restarts=version_restarts if restarts is None else restarts)
+    if name.startswith("apgd"):
+      loss = {"apgd_ce": "ce", "apgd_dlr": "dlr", "apgd_t": "dlr_targeted"}[name]
+      cfg = APGDConfig(loss=loss, num_steps=num_steps, eot_iter=eot,
+                       num_target_classes=num_target_classes, unroll=unroll,
+                       **kw).validate(f"{prefix}.{name}")
+    elif name.startswith("fab"):
+      cfg = fab.FABConfig(num_steps=num_steps, targeted=name == "fab_t",
+                          num_target_classes=num_target_classes,
+                          **kw).validate(f"{prefix}.{name}")
+    else:
+      cfg = square.SquareConfig(num_queries=square_queries,
+                                **kw).validate(f"{prefix}.{name}")
+    out.append(Attack(name, cfg))
+  return out
+
+
+def standard_attacks(epsilon: float = 8 / 255, norm: str = "linf",
+                     **kw) -> list[Attack]:
+  """AutoAttack's standard version: APGD-CE → APGD-T → FAB-T → Square."""
+  return autoattack_suite("standard", epsilon, norm, **kw)
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_run(fns, cfg) -> Callable:
-  """jit of one run `(variables, x, y, mask, key, rank) -> fooled [batch]`."""
+def _compiled_run(fns, cfg, restarts: int) -> Callable:
+  """jit of one run `(variables, rank, r, x, y, key) -> fooled [batch]`: the
+  target rank and the run index are arguments, so one compiled run serves
+  every restart and target (`cfg` has restarts = 1; `restarts` is the
+  attack's own count, which decides FAB's random starts)."""
 
-  def run(variables, x, y, mask, key, rank):
+  def run(variables, rank, r, x, y, key):
     logits_fn = lambda xa: fns.logits(variables, xa, train=False)
     clean_logits = logits_fn(x)
+    y_t = attacks.target_classes(clean_logits, rank)
     if isinstance(cfg, APGDConfig):
-      y_t = target_classes(clean_logits, rank) if cfg.loss == "dlr_targeted" \
-          else None
-      x_adv, _ = apgd_run(logits_fn, x, y, key, cfg, y_t)
+      x_adv, _ = apgd_run(logits_fn, x, y, key, cfg,
+                          y_t if cfg.loss == "dlr_targeted" else None)
+    elif isinstance(cfg, fab.FABConfig):
+      x_adv, _ = fab.fab_run(logits_fn, x, y, key, cfg,
+                             y_t if cfg.targeted else None,
+                             random_start=r % restarts > 0)
+    elif isinstance(cfg, square.SquareConfig):
+      x_adv, _, _ = square.square_run(logits_fn, x, y, key, cfg)
     else:
-      x_adv = attacks.pgd(logits_fn, x, y, key,
-                          dataclasses.replace(cfg, restarts=1))
+      x_adv = attacks.pgd(logits_fn, x, y, key, cfg)
     # Re-check the returned point, as AutoAttack does.
-    return (jnp.argmax(logits_fn(x_adv), -1) != y) & mask
+    return jnp.argmax(logits_fn(x_adv), -1) != y
 
   return jax.jit(run)
+
+
+def _single_run(cfg):
+  """The config of one compiled run (one restart, one target)."""
+  cfg = dataclasses.replace(cfg, restarts=1)
+  if isinstance(cfg, (APGDConfig, fab.FABConfig)):
+    cfg = dataclasses.replace(cfg, num_target_classes=1)
+  return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_clean(fns) -> Callable:
+  return jax.jit(lambda v, x, y: jnp.argmax(fns.logits(v, x, train=False), -1) == y)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_logits(fns) -> Callable:
+  return jax.jit(lambda v, x, y: fns.logits(v, x, train=False))
+
+
+# Square breaking more than this many percentage points of the examples the
+# white-box attacks left standing signals gradient masking (as AutoAttack's
+# own check).
+MASKING_THRESHOLD_PP = 0.2
 
 
 def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
@@ -306,65 +393,64 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
   Args:
     fns: `models.ModelFns`; the model runs in inference mode (running BN stats).
     variables: the model variables; split: uint8 images and labels.
-    suite: attacks in order (e.g. `standard_attacks()`).
+    suite: attacks in order (e.g. `autoattack_suite()`).
     batch_size: examples per compiled call (padded; divisible by the devices).
     rng: key; attack k, run r uses fold_in(fold_in(rng, k), r), batch i
       fold_in(·, i).
 
   Returns:
     {'n', 'clean', 'robust': {attack name: robust accuracy (%) after it and
-    all before it}, 'robust_mask': per-example bool list after the last one}.
+    all before it}, 'seconds': {attack name: wall seconds}, 'per_example':
+    {'clean': bool [n], attack name: bool [n] robust after it},
+    'warnings': [text]} — warnings as AutoAttack's checks: the model's logits
+    differ between two identical calls (randomness: use the 'rand' version),
+    or Square (black-box) breaks more than 0.2 pp of the points the
+    white-box attacks left robust (a sign of gradient masking).
   """
+  import time
   mesh = mesh or sharding.make_mesh()
-  sharding.check_batch_size(batch_size, mesh, "eval.batch_size")
   variables = sharding.replicate(variables, mesh)
   n = len(split)
-  rows = sharding.process_rows(mesh, batch_size)
-  clean_fn = _compiled_clean(fns)
-  robust = np.zeros(n, bool)
-  batches = data.eval_batches(split, batch_size, rows)
-  for start, (x, y, mask) in zip(range(0, n, batch_size), batches):
-    x, y, mask = sharding.shard_batch(mesh, x, y, mask)
-    correct = _to_host(clean_fn(variables, x, y, mask))
-    robust[start:start + batch_size] = correct[:min(batch_size, n - start)]
-  out = {"n": n, "clean": 100.0 * robust.mean(), "robust": {}}
-  num_classes = int(jax.eval_shape(
-      lambda v, x: fns.logits(v, x, train=False), variables,
-      jnp.zeros((1,) + split.images.shape[1:], jnp.float32)).shape[-1])
+  batches = evaluate.Batches(split, batch_size, mesh)
+  robust = evaluate.per_example(_compiled_clean(fns), batches, consts=(variables,))
+  out = {"n": n, "clean": 100.0 * robust.mean(), "robust": {}, "seconds": {},
+         "per_example": {"clean": robust.copy()}, "warnings": []}
+  first = evaluate.Batches(split.take(np.arange(min(n, batch_size))), batch_size,
+                           mesh)
+  a, b = (evaluate.per_example(_compiled_logits(fns), first, consts=(variables,))
+          for _ in range(2))
+  if not np.array_equal(a, b):
+    out["warnings"].append(
+        "the model's logits differ between two identical calls (max "
+        f"difference {float(np.max(np.abs(a - b))):.3g}): it has randomness, "
+        "so use evaluate.autoattack.version='rand'")
+  num_classes = int(a.shape[-1])
+  white_box_survivors = None
   for k, attack in enumerate(suite):
-    # One compiled run serves every restart and target: key on what it uses.
-    run_fn = _compiled_run(fns, dataclasses.replace(
-        attack.cfg, restarts=1, **({"num_target_classes": 1}
-                                   if isinstance(attack.cfg, APGDConfig) else {})))
-    runs = attack.runs(num_classes)
-    bar = tqdm(runs, desc=attack.name, disable=not progress, leave=False)
+    t0 = time.time()
+    if isinstance(attack.cfg, square.SquareConfig) and white_box_survivors is None:
+      white_box_survivors = robust.copy()
+    run_fn = _compiled_run(fns, _single_run(attack.cfg), attack.cfg.restarts)
+    bar = tqdm(attack.runs(num_classes), desc=attack.name, disable=not progress,
+               leave=False)
     for r, rank in bar:
       todo = np.flatnonzero(robust)
-      batches = data.eval_batches(split.take(todo), batch_size, rows)
-      for i, (x, y, mask) in enumerate(batches):
-        idx = todo[i * batch_size:(i + 1) * batch_size]
-        x, y, mask = sharding.shard_batch(mesh, x, y, mask)
-        key = jax.random.fold_in(jax.random.fold_in(
-            jax.random.fold_in(rng, k), r), i)
-        fooled = _to_host(run_fn(variables, x, y, mask, key,
-                                 jnp.int32(rank)))[:idx.size]
-        robust[idx[fooled]] = False
+      if todo.size:
+        key = jax.random.fold_in(jax.random.fold_in(rng, k), r)
+        fooled = evaluate.per_example(
+            run_fn, evaluate.Batches(split.take(todo), batch_size, mesh),
+            consts=(variables, jnp.int32(rank), jnp.int32(r)), rng=key)
+        robust[todo[fooled]] = False
       bar.set_postfix(robust=f"{100.0 * robust.mean():.2f}%")
     out["robust"][attack.name] = 100.0 * robust.mean()
-  out["robust_mask"] = robust.tolist()
+    out["per_example"][attack.name] = robust.copy()
+    out["seconds"][attack.name] = round(time.time() - t0, 2)
+    if isinstance(attack.cfg, square.SquareConfig):
+      broken = 100.0 * float(np.mean(white_box_survivors & ~robust))
+      out["square_broke_pp"] = broken
+      if broken > MASKING_THRESHOLD_PP:
+        out["warnings"].append(
+            f"Square (black-box) broke {broken:.2f} pp of the examples the "
+            "white-box attacks left robust (> 0.2 pp): a sign of gradient "
+            "masking; the white-box numbers overstate robustness")
   return out
-
-
-def _to_host(a: jax.Array) -> np.ndarray:
-  """A global batch-sharded array, whole, on every process."""
-  if jax.process_count() == 1:
-    return np.asarray(a)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_clean(fns) -> Callable:
-  def correct(variables, x, y, mask):
-    return (jnp.argmax(fns.logits(variables, x, train=False), -1) == y) & mask
-  return jax.jit(correct)

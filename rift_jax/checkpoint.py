@@ -103,3 +103,49 @@ def load_variables(directory: str, target: Any, expect_model: dict | None = None
     return ckpt.restore(target, expect_model)
   finally:
     ckpt.close()
+
+
+def has_checkpoint(directory: str) -> bool:
+  """Whether `directory` holds an Orbax step (the manager is closed again)."""
+  if not os.path.isdir(directory):
+    return False
+  ckpt = Checkpointer(directory)
+  try:
+    return ckpt.latest_step() is not None
+  finally:
+    ckpt.close()
+
+
+TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".ckpt", ".safetensors")
+
+
+def is_torch_file(path: str) -> bool:
+  """A PyTorch state_dict file (by suffix) rather than our Orbax folder."""
+  return str(path).endswith(TORCH_SUFFIXES)
+
+
+def load_model_variables(path: str, model, info, expect_model: dict | None = None
+                         ) -> tuple[Any, str]:
+  """The variables a user means by `path`, for `model` on data `info`:
+
+  - a PyTorch state_dict file (`.pth`/`.pt`/`.safetensors`), read without
+    running code from it (`rift_jax.convert`);
+  - a `launch.train` workdir (its best-by-validation checkpoint);
+  - a variables folder (`save_variables`), e.g. a pipeline's θ_FT.
+
+  Returns (variables, the path read).
+  """
+  from rift_jax import convert, workdir
+  path = os.path.expanduser(str(path))
+  if is_torch_file(path):
+    return convert.import_checkpoint(path, model, info.image_shape), path
+  folder = workdir.checkpoint_dir(path)
+  if not os.path.isdir(folder):
+    raise UserError(f"checkpoint {path!r} does not exist (give a PyTorch "
+                    "file, a launch.train workdir or a variables folder)")
+  if not has_checkpoint(folder):
+    raise UserError(f"checkpoint {path!r} holds no checkpoint (give a PyTorch "
+                    "file, a launch.train workdir or a variables folder)")
+  target = convert.variable_shapes(model, info.image_shape)
+  variables, _ = load_variables(folder, target, expect_model)
+  return variables, folder

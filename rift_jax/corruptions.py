@@ -337,16 +337,91 @@ def load_tiny_imagenet_c(root: str, names: str | Sequence[str] = "standard",
   return out
 
 
+# ------------------------------------------------------- one OOD loader
+SOURCES = ("generated", "cifar10_c", "cifar100_c", "tiny_imagenet_c")
+_OLD_SPELLINGS = {"generate": "generated"}
+
+
+def canonical_source(source: str, name: str = "ood.source") -> str:
+  """The source's one spelling; the old 'generate' is accepted with a note."""
+  if source in _OLD_SPELLINGS:
+    new = _OLD_SPELLINGS[source]
+    import sys
+    print(f"note: {name}={source!r} is the old spelling of {new!r}; "
+          f"read as {new!r}", file=sys.stderr)
+    return new
+  check_choice(name, source, SOURCES)
+  return source
+
+
+def check_block(ood, prefix: str = "ood") -> tuple[tuple[str, ...], tuple[int, ...]]:
+  """Validates an OOD config block (`configs/common.ood`); returns (corruption
+  names, severities)."""
+  canonical_source(ood.source, f"{prefix}.source")
+  names = resolve_names(ood.corruptions)
+  severities = _check_severities(ood.severities)
+  if int(ood.get("max_images", 0)) < 0:
+    raise UserError(f"{prefix}.max_images={ood.max_images} must be >= 0 "
+                    "(0 = all images)")
+  for n, v in dict(ood.get("per_corruption_max", {}) or {}).items():
+    check_choice(f"{prefix}.per_corruption_max key", n, ALL_CORRUPTIONS)
+    if int(v) < 1:
+      raise UserError(f"{prefix}.per_corruption_max[{n!r}]={v} must be >= 1")
+  return names, severities
+
+
+def load_sets(ood, split: data.Split, *, data_dir: str, workdir: str, seed: int,
+              prefix: str = "ood", progress: bool = True) -> Sets:
+  """The corrupted sets an OOD config block asks for.
+
+  'generated' corrupts the first `max_images` images of `split` (cached in
+  `cache_dir`, default `<workdir>/ood_cache`); the other sources read the
+  released sets from `root` (CIFAR-10-C through TFDS in `root` or
+  `data_dir`).
+  """
+  names, severities = check_block(ood, prefix)
+  source = canonical_source(ood.source, f"{prefix}.source")
+  root = os.path.expanduser(ood.get("root", "") or "")
+  if source == "cifar10_c":
+    return load_cifar10_c(root or data_dir, names, severities)
+  if source == "cifar100_c":
+    return load_cifar100_c(root, names, severities)
+  if source == "tiny_imagenet_c":
+    return load_tiny_imagenet_c(root, names, severities)
+  cache = os.path.expanduser(ood.get("cache_dir", "") or
+                             os.path.join(workdir, "ood_cache"))
+  return generate(split, names, severities,
+                  max_images=int(ood.get("max_images", 0)) or None,
+                  per_corruption_max=dict(ood.get("per_corruption_max", {}) or {}),
+                  seed=seed, cache_dir=cache, progress=progress)
+
+
 # ---------------------------------------------------------------- reports
-def accuracy_table(sets: Sets, accuracy_fn: Callable[[data.Split], float],
-                   progress: bool = True) -> dict[str, dict[int, float]]:
-  """Applies `accuracy_fn(split) -> accuracy` to every set."""
+def correctness_table(sets: Sets, correct_fn: Callable[[data.Split], np.ndarray],
+                      progress: bool = True) -> dict[str, dict[int, np.ndarray]]:
+  """Applies `correct_fn(split) -> bool [n]` to every set:
+  {corruption: {severity: bool [n]}}."""
   from tqdm.auto import tqdm
   cells = [(n, s) for n, by_sev in sets.items() for s in by_sev]
-  out: dict[str, dict[int, float]] = {n: {} for n in sets}
+  out: dict[str, dict[int, np.ndarray]] = {n: {} for n in sets}
   for n, s in tqdm(cells, desc="corruptions", disable=not progress, leave=False):
-    out[n][s] = float(accuracy_fn(sets[n][s]))
+    out[n][s] = np.asarray(correct_fn(sets[n][s]), bool)
   return out
+
+
+def accuracy_of(table: Mapping[str, Mapping[int, np.ndarray]]
+                ) -> dict[str, dict[int, float]]:
+  """{corruption: {severity: bool [n]}} -> accuracy in percent."""
+  return {n: {s: 100.0 * float(np.mean(v)) for s, v in by.items()}
+          for n, by in table.items()}
+
+
+def per_image(table: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
+  """Correctness `[n, cells]` over the images all cells share (the first n):
+  the per-image input of a paired bootstrap of the mean OOD accuracy."""
+  cells = [v for by in table.values() for v in by.values()]
+  n = min(v.size for v in cells)
+  return np.stack([v[:n] for v in cells], axis=1)
 
 
 def describe_set(names: Sequence[str]) -> str:

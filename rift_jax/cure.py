@@ -22,6 +22,11 @@ three parts, all in one compiled train step:
   x' from TRADES' KL attack; the revision logits are constants (no
   gradient) computed in train mode (batch statistics), as the official code
   runs its EMA model in train mode.
+- BatchNorm, as the official code (`train_util/adversarial_loss.py`
+  `cure_loss_dual`): the attack runs in eval mode (`attack.bn_mode='eval'`
+  in configs/methods_paper.py), then θ's running averages see two train-mode
+  passes, x then x'. The EMA model's own passes move only its own averages,
+  which nothing here keeps.
 
 Defaults (paper, ResNet-18): p = 30, α = 0.1, γ = 1.0, r = 0.2, d = 0.999,
 β = 6 (TRADES). WRN-34-10: p = 50, α = 0.3, γ = 0.5.
@@ -33,8 +38,13 @@ implement the paper:
 - it masks only the first conv of each residual block (parameter names
   containing 'conv1', the stem excluded); every other layer is fully updated;
 - its threshold is `np.percentile` (interpolated) with a strict `<`;
-- its README runs TRADES with β = 5 and weight decay 7e-4;
-- it attacks with BN in eval mode (`config.attack.bn_mode='eval'` here).
+- its TRADES β defaults to 5 (`--trades_beta`, not set by the README) and
+  its README's parameters use weight decay 7e-4 (its text says 5e-3);
+- its attack uses ε = 0.031, step 0.007 (`cure_loss_dual` defaults); we use
+  the common 8/255, 2/255.
+Schedule: the README trains 120 epochs at lr 0.1 and the code's default
+`--epoch_step 100 150` decays ×0.1 once, at (1-based) epoch 100: 99 epochs
+at 0.1, then 21 at 0.01 (`configs/methods_paper.py`).
 """
 from __future__ import annotations
 
@@ -152,7 +162,7 @@ def cure_loss(ctx: Context, params, batch_stats, batch: Batch, extra):
                                              kl=kl, cr=cr))
 
 
-method = objectives.register(objectives.Method(
+method = objectives.Method(
     "cure", cure_loss, craft=objectives.craft_kl, grad_mask=rgp_mask,
     init_extra=init_revision, update_extra=update_revision, validate=validate,
-    starts_from_pretrained=True))
+    starts_from_pretrained=True)

@@ -1,7 +1,8 @@
-"""One error type for bad user input, and the helpers that raise it.
+"""The project's two error types, and the helpers that raise the first.
 
 Library code raises `UserError` with one line naming the bad value and what is
 allowed; `launch/` scripts turn it into that line on stderr and exit code 2.
+`NonFiniteLoss` stops a training run whose loss became NaN/inf (exit code 3).
 """
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from typing import Any, Iterable
 
 class UserError(ValueError):
   """Bad input from a user: config, data, checkpoint or command line."""
+
+
+class NonFiniteLoss(RuntimeError):
+  """The training loss became NaN/inf; the last good checkpoint is kept
+  (`launch/` scripts exit with code 3)."""
 
 
 def require(condition: bool, message: str) -> None:

@@ -7,296 +7,267 @@ Every stage writes its output into the workdir and is skipped when that
 output already exists, so a crashed run started again resumes where it
 stopped. Model selection (best AT epoch, best fine-tuning epoch, α, the
 fine-tuning lr of a sweep) uses the validation split only; the test split is
-touched once, at the end, for the reported numbers.
+read once, at the end, for the reported numbers, and every test evaluation
+keeps its per-example correctness (`records.npz`) so the paired statistics
+(`rift_jax.stats`) can be recomputed, and other runs on the same images
+compared, without re-running anything.
 
 Workdir layout:
   at/                     base training run (when the config trains θ_AT)
   fixed_set.npz           the fixed adversarial examples for MRC
   mrc.json                MRC, robust-accuracy drop, ‖Δw‖/‖w‖ per module
-  finetune/<run>/         θ_FT (Orbax) and finetune.json, per target / lr
-  interpolation.json      validation curve per run + chosen α
-  results.json            test numbers, everything above summarised
+  finetune/<run>/         θ_FT (Orbax), finetune.json, interpolation.json and
+                          the validation curve's per-example records
+  results.json            test numbers, the paired comparison, everything above
+  records.npz             per-example test correctness of every model
+  theta_star.safetensors, theta_star.pth
+                          θ* as a PyTorch state_dict (the source file's key
+                          layout when θ_AT came from a PyTorch file)
   report.md, mrc.png, interpolation.png
 """
 from __future__ import annotations
 
 import json
 import os
-import time
-from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from rift_jax import (attacks, checkpoint, data, evaluate, finetune, interpolate,
-                      models, mrc, sharding, train)
-from rift_jax.errors import UserError, check_choice, check_range
-
-OOD_SOURCES = ("generated", "cifar10_c", "cifar100_c", "tiny_imagenet_c")
-TARGETS = ("non_robust_critical", "robust_critical", "all", "last", "topk",
-           "modules")
+from rift_jax import (attacks, checkpoint, config as config_lib, corruptions,
+                      criticality, data, evaluate, finetuning, interpolation,
+                      models, records, report, sharding, stats, train,
+                      validation, workdir as wd)
+from rift_jax.errors import UserError
 
 
 def _path(workdir, *parts):
   return os.path.join(workdir, *parts)
 
 
-def _read_json(path):
-  with open(path) as f:
-    return json.load(f)
-
-
-class Timer:
-  """Seconds per stage, persisted in timing.json so resumed runs add up."""
-
-  def __init__(self, workdir):
-    self.path = _path(workdir, "timing.json")
-    self.t = _read_json(self.path) if os.path.exists(self.path) else {}
-
-  def record(self, stage, seconds):
-    self.t[stage] = round(self.t.get(stage, 0.0) + seconds, 2)
-    train.write_json(self.path, self.t)
-
-
-def validate_rift_config(config) -> None:
-  r = config.rift
-  check_range("rift.tolerance", float(r.tolerance), 0.0)
-  interpolate.check_alphas(r.alphas)
-  if 0.0 not in [float(a) for a in r.alphas]:
-    raise UserError("rift.alphas must contain 0.0 (θ_AT is the robustness reference)")
-  check_choice("rift.finetune.target", r.finetune.target, TARGETS)
-  for a in r.ablations:
-    check_choice("rift.ablations entry", a, TARGETS[:-1])
-  if r.ood.enabled:
-    from rift_jax import corruptions
-    corruptions.resolve_names(r.ood.corruptions)
-    check_choice("rift.ood.source", r.ood.source, OOD_SOURCES)
-  check_range("rift.mrc.num_examples", int(r.mrc.num_examples), 1)
-  if int(r.mrc.num_examples) > int(config.data.val_size):
-    raise UserError(f"rift.mrc.num_examples={r.mrc.num_examples} exceeds "
-                    f"data.val_size={config.data.val_size}")
-
-
-def _check_modules_early(config) -> None:
-  """Module names and filters are checked on the abstract model (no compute),
-  so a typo fails in a second, not after training θ_AT."""
-  check_choice("data.name", config.data.name, data.DATASET_NAMES)
-  info = data.INFO[config.data.name]
-  model = train.build_model(config, info)
-  abstract = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jax.numpy.zeros((1, *info.image_shape)), train=False))
-  params = abstract["params"]
-  r = config.rift
-  models.resolve_modules(params, r.mrc.include or None, r.mrc.exclude or None)
-  if r.finetune.target == "modules":
-    if not r.finetune.modules:
-      raise UserError("rift.finetune.target='modules' needs rift.finetune.modules")
-    models.resolve_modules(params, list(r.finetune.modules))
-
-
-def _has_checkpoint(directory: str) -> bool:
-  ckpt = checkpoint.Checkpointer(directory)
-  try:
-    return ckpt.latest_step() is not None
-  finally:
-    ckpt.close()  # do not leave an Orbax manager (and its threads) open
-
-
 # ----------------------------------------------------------------- stages
 def stage_theta_at(config, workdir, dataset, timer):
   """θ_AT: loaded from rift.at_checkpoint, or trained into workdir/at."""
   info = dataset.info
-  model = train.build_model(config, info)
-  expect = train.model_meta(config, info)
-  target = models.init_variables(model, jax.random.PRNGKey(0), info.image_shape)
+  model = config_lib.build_model(config, info)
+  expect = config_lib.model_meta(config, info)
   src = config.rift.at_checkpoint
   if src:
-    src = os.path.expanduser(src)
-    for cand in (src, _path(src, "checkpoints", "best")):
-      if os.path.isdir(cand) and _has_checkpoint(cand):
-        variables, meta = checkpoint.load_variables(cand, target, expect)
-        return model, variables, cand
-    raise UserError(f"rift.at_checkpoint={src!r} holds no checkpoint (give a "
-                    "variables folder or a launch/train workdir)")
-  t0 = time.time()
+    variables, path = checkpoint.load_model_variables(src, model, info, expect)
+    return model, variables, path
   at_dir = _path(workdir, "at")
-  best_dir = _path(at_dir, "checkpoints", "best")
   done = _path(at_dir, "done.json")
   if not os.path.exists(done):
-    result = train.train_and_evaluate(config, at_dir, dataset=dataset)
-    train.write_json(done, {"best_epoch": result.best_epoch,
-                            "history": result.history})
-    timer.record("train_at", time.time() - t0)
-  variables, _ = checkpoint.load_variables(best_dir, target, expect)
+    with timer.stage("train_at"):
+      result = train.train_and_evaluate(config, at_dir, dataset=dataset)
+      wd.write_json(done, {"best_epoch": result.best_epoch,
+                           "history": result.history})
+  best_dir = _path(at_dir, "checkpoints", "best")
+  variables, _ = checkpoint.load_variables(
+      best_dir, models.init_variables(model, jax.random.PRNGKey(0),
+                                      info.image_shape), expect)
   return model, variables, best_dir
 
 
-def stage_fixed_set(config, workdir, apply_fn, theta_at, dataset, mesh, timer):
+def stage_fixed_set(config, workdir, fns, theta_at, dataset, mesh, timer):
   path = _path(workdir, "fixed_set.npz")
   if os.path.exists(path):
     with np.load(path) as f:
       return f["x"], f["y"]
-  t0 = time.time()
-  r = config.rift.mrc
-  n = int(r.num_examples)
-  split = dataset.val.take(np.arange(n))
-  attack = attacks.PGDConfig.from_config(r.attack, "rift.mrc.attack")
-  x, y = mrc.fixed_adversarial_set(apply_fn, theta_at, split, attack,
-                                   jax.random.PRNGKey(int(config.seed) + 11),
-                                   int(config.eval.batch_size), mesh, progress=True)
-  tmp = path + ".tmp.npz"
-  np.savez_compressed(tmp, x=x, y=y)
-  os.replace(tmp, path)
-  timer.record("fixed_set", time.time() - t0)
+  with timer.stage("fixed_set"):
+    r = config.rift.mrc
+    split = dataset.val.take(np.arange(int(r.num_examples)))
+    attack = attacks.PGDConfig.from_config(r.attack, "rift.mrc.attack")
+    x, y = criticality.fixed_adversarial_set(
+        fns, theta_at, split, attack, jax.random.PRNGKey(int(config.seed) + 11),
+        int(config.eval.batch_size), mesh, progress=True)
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, x=x, y=y)
+    os.replace(tmp, path)
   return x, y
 
 
-def stage_mrc(config, workdir, apply_fn, theta_at, x, y, mesh, timer):
+def stage_mrc(config, workdir, fns, theta_at, x, y, mesh, timer):
   path = _path(workdir, "mrc.json")
   if os.path.exists(path):
-    return {k: mrc.MRCResult(**{**v, "loss_per_pass": tuple(v["loss_per_pass"])})
-            for k, v in _read_json(path).items()}
-  t0 = time.time()
-  r = config.rift.mrc
-  modules = models.resolve_modules(theta_at["params"], r.include or None,
-                                   r.exclude or None)
-  res = mrc.module_robust_criticality(
-      apply_fn, theta_at, x, y, modules=modules, epsilon=float(r.epsilon),
-      learning_rate=float(r.learning_rate), num_passes=int(r.num_passes),
-      batch_size=int(r.batch_size), projection=r.projection, mode=r.mode,
-      vmap_chunk=int(r.vmap_chunk), mesh=mesh, progress=True)
-  train.write_json(path, {k: v.to_dict() for k, v in res.items()})
-  timer.record("mrc", time.time() - t0)
+    return {k: criticality.MRCResult(**{**v, "loss_per_pass": tuple(v["loss_per_pass"])})
+            for k, v in wd.read_json(path).items()}
+  with timer.stage("mrc"):
+    r = config.rift.mrc
+    modules = models.resolve_modules(theta_at["params"], r.include or None,
+                                     r.exclude or None)
+    res = criticality.mrc(
+        fns, theta_at, x, y, modules=modules, epsilon=float(r.epsilon),
+        learning_rate=float(r.learning_rate), num_passes=int(r.num_passes),
+        batch_size=int(r.batch_size), projection=r.projection, mode=r.mode,
+        route=r.route, vmap_chunk=int(r.vmap_chunk), mesh=mesh, progress=True)
+    wd.write_json(path, {k: v.to_dict() for k, v in res.items()})
   return res
 
 
-def target_modules(target: str, scores: dict, all_modules: list[str], k: int,
-                   explicit) -> list[str]:
-  """Which modules a fine-tuning target means (paper Table 3 ablations)."""
-  if target == "non_robust_critical":
-    return mrc.least_critical(scores, 1)
-  if target == "topk":
-    return mrc.least_critical(scores, k)
-  if target == "robust_critical":
-    return mrc.most_critical(scores, 1)
-  if target == "all":
-    return list(all_modules)
-  if target == "last":
-    return [all_modules[-1]]
-  return list(explicit)
-
-
 def stage_finetune_and_interpolate(config, workdir, run_name, fns, theta_at,
-                                   modules, dataset, mesh, timer, optim=None):
+                                   modules, dataset, mesh, timer, optim):
   """Fine-tunes `modules`, then the validation α-curve; cached per run."""
   run_dir = _path(workdir, "finetune", run_name)
-  ft_json, curve_json = _path(run_dir, "finetune.json"), _path(run_dir, "interpolation.json")
+  ft_json = _path(run_dir, "finetune.json")
+  curve_json = _path(run_dir, "interpolation.json")
   ft_vars_dir = _path(run_dir, "theta_ft")
   r = config.rift
-  optim = optim or r.finetune.optim
   if os.path.exists(ft_json):
     theta_ft, _ = checkpoint.load_variables(ft_vars_dir, theta_at)
-    ft_info = _read_json(ft_json)
+    ft_info = wd.read_json(ft_json)
   else:
-    t0 = time.time()
-    res = finetune.finetune(fns, theta_at, dataset, modules, optim,
-                            update_batch_stats=bool(r.finetune.update_batch_stats),
-                            augment=bool(config.augment), seed=int(config.seed),
-                            eval_batch_size=int(config.eval.batch_size), mesh=mesh)
-    theta_ft = res.variables
-    checkpoint.save_variables(ft_vars_dir, theta_ft, {"modules": res.modules,
-                                                      "lr": float(optim.lr)})
-    ft_info = {"modules": res.modules, "best_epoch": res.best_epoch,
-               "best_val_clean": res.best_val_clean, "lr": float(optim.lr),
-               "history": res.history}
-    train.write_json(ft_json, ft_info)
-    timer.record("finetune", time.time() - t0)
+    with timer.stage("finetune"):
+      res = finetuning.finetune(
+          fns, theta_at, dataset, modules, optim,
+          update_batch_stats=bool(r.finetune.update_batch_stats),
+          augment=bool(r.finetune.augment), seed=int(config.seed),
+          eval_batch_size=int(config.eval.batch_size), mesh=mesh)
+      theta_ft = res.variables
+      checkpoint.save_variables(ft_vars_dir, theta_ft, {"modules": res.modules,
+                                                        "lr": float(optim.lr)})
+      ft_info = {"modules": res.modules, "best_epoch": res.best_epoch,
+                 "best_val_clean": res.best_val_clean, "lr": float(optim.lr),
+                 "history": res.history}
+      wd.write_json(ft_json, ft_info)
   if os.path.exists(curve_json):
-    curve_info = _read_json(curve_json)
+    curve_info = wd.read_json(curve_json)
   else:
-    t0 = time.time()
-    attack = attacks.PGDConfig.from_config(config.eval.attack, "eval.attack")
-    curve = interpolate.evaluate_alphas(
-        fns, theta_at, theta_ft, r.alphas, dataset.val,
-        evaluate.pgd_attack_fn(attack), jax.random.PRNGKey(int(config.seed) + 21),
-        int(config.eval.batch_size), chunk=int(r.alpha_chunk), mesh=mesh)
-    chosen = interpolate.select_alpha(curve, float(r.tolerance))
-    curve_info = {"curve": curve, "chosen": chosen, "tolerance": float(r.tolerance)}
-    train.write_json(curve_json, curve_info)
-    timer.record("interpolate", time.time() - t0)
+    with timer.stage("interpolate"):
+      attack = attacks.PGDConfig.from_config(config.eval.attack, "eval.attack")
+      res = interpolation.interpolate(
+          fns, theta_at, theta_ft, dataset.val, evaluate.pgd_attack_fn(attack),
+          jax.random.PRNGKey(int(config.seed) + 21), alphas=r.alphas,
+          tolerance=float(r.tolerance), batch_size=int(config.eval.batch_size),
+          chunk=int(r.alpha_chunk), mesh=mesh)
+      records.save(_path(run_dir, "interpolation_records.npz"),
+                   {f"{k}/{a['alpha']:g}": res.per_example[k][j]
+                    for k in ("clean", "adv") for j, a in enumerate(res.curve)})
+      chosen = next(c for c in res.curve if c["alpha"] == res.alpha)
+      curve_info = {"curve": res.curve, "chosen": chosen,
+                    "tolerance": float(r.tolerance),
+                    "band": report.curve_band(res.curve, res.per_example)}
+      wd.write_json(curve_json, curve_info)
   return theta_ft, ft_info, curve_info
 
 
-def _ood_sets(config, workdir, dataset):
-  from rift_jax import corruptions
-  o = config.rift.ood
-  if not o.enabled:
-    return None
-  names = corruptions.resolve_names(o.corruptions)
-  source = o.get("source", "generated")
-  root = os.path.expanduser(o.get("root", "") or config.data.data_dir)
-  if source == "cifar10_c":
-    return corruptions.load_cifar10_c(root, names, tuple(o.severities))
-  if source == "cifar100_c":
-    return corruptions.load_cifar100_c(root, names, tuple(o.severities))
-  if source == "tiny_imagenet_c":
-    return corruptions.load_tiny_imagenet_c(root, names, tuple(o.severities))
-  cache = os.path.expanduser(o.cache_dir) if o.cache_dir else _path(workdir, "ood_cache")
-  return corruptions.generate(
-      dataset.test, names, tuple(o.severities), max_images=int(o.max_images) or None,
-      per_corruption_max=dict(o.per_corruption_max), seed=int(config.seed),
-      cache_dir=cache, progress=True)
+def stage_export(workdir: str, exports: dict, at_source: str) -> None:
+  """θ* (and θ_FT on request) as PyTorch state_dicts: `<name>.safetensors`
+  always, `<name>.pth` when torch is installed. A run that started from a
+  PyTorch file gets exactly that file's key layout back (prefixes, wrapper,
+  `num_batches_tracked`), so the user's own `load_state_dict(..., strict=True)`
+  works; a run from our own checkpoint uses the RiFT/kuangliu naming."""
+  from rift_jax import convert
+  layout = at_source if checkpoint.is_torch_file(at_source) else None
+  try:
+    import torch  # noqa: F401
+    suffixes = (".safetensors", ".pth")
+  except ImportError:
+    suffixes = (".safetensors",)
+  for name, variables in exports.items():
+    for suffix in suffixes:
+      path = _path(workdir, name + suffix)
+      if os.path.exists(path) or jax.process_index() != 0:
+        continue
+      tmp = _path(workdir, f".tmp_{name}{suffix}")
+      convert.export_like(jax.device_get(variables), layout, tmp)
+      os.replace(tmp, path)
 
 
-def test_metrics(config, fns, variables, dataset, ood_sets, mesh, tag) -> dict:
-  """Test clean, PGD (restarts, per-example worst) and OOD mean accuracy."""
-  from rift_jax import corruptions
-  attack = attacks.PGDConfig.from_config(config.rift.test_attack, "rift.test_attack")
+def test_records(config, fns, variables, dataset, ood_sets, mesh, tag) -> dict:
+  """Per-example test correctness: {'clean', 'adv', 'ood/<c>/<s>'}: bool [n]."""
+  attack = attacks.PGDConfig.from_config(config.rift.test_attack,
+                                         "rift.test_attack")
   ev = evaluate.Evaluator(fns, evaluate.pgd_attack_fn(attack),
                           int(config.eval.batch_size), mesh)
-  res = ev(variables, dataset.test, jax.random.PRNGKey(int(config.seed) + 31),
-           desc=f"test {tag}")
-  out = {"clean": float(res["clean"]), "adv": float(res["adv"])}
+  out = ev.per_example(variables, dataset.test,
+                       jax.random.PRNGKey(int(config.seed) + 31),
+                       desc=f"test {tag}")
   if ood_sets is not None:
     clean_ev = evaluate.Evaluator(fns, None, int(config.eval.batch_size), mesh)
-    acc = corruptions.accuracy_table(
-        ood_sets, lambda s: float(clean_ev(variables, s, jax.random.PRNGKey(0))["clean"]))
-    summary = corruptions.summarize(acc)
-    out["ood"] = summary["mean"]
-    out["ood_detail"] = summary
+    table = corruptions.correctness_table(
+        ood_sets, lambda s: clean_ev.per_example(variables, s,
+                                                 jax.random.PRNGKey(0))["clean"])
+    out.update({f"ood/{c}/{s}": v for c, by in table.items() for s, v in by.items()})
+  return out
+
+
+def summarize_records(rec: dict, ood_names=None) -> dict:
+  """{'clean', 'adv', 'ood', 'ood_detail'} in percent from one model's records."""
+  out = {"clean": 100.0 * float(rec["clean"].mean()),
+         "adv": 100.0 * float(rec["adv"].mean())}
+  table = ood_table(rec)
+  if table:
+    acc = corruptions.accuracy_of(table)
+    out["ood_detail"] = corruptions.summarize(acc)
+    out["ood"] = out["ood_detail"]["mean"]
+  return out
+
+
+def ood_table(rec: dict) -> dict:
+  """{corruption: {severity: bool [n]}} from 'ood/<c>/<s>' records."""
+  table: dict = {}
+  for k, v in rec.items():
+    if k.startswith("ood/"):
+      _, c, s = k.split("/")
+      table.setdefault(c, {})[int(s)] = v
+  return table
+
+
+def paired(a: dict, b: dict, seed: int = 0) -> dict:
+  """Model b vs model a on the same test images (records of each): Δ in pp
+  with a 95 % paired-bootstrap interval, and a p-value (exact McNemar for
+  clean/adv; for OOD a paired sign-flip permutation test over images of the
+  mean over corruptions × severities)."""
+  n = int(a["clean"].size)
+  out = {}
+  for k in ("clean", "adv"):
+    delta, lo, hi = stats.paired_bootstrap(a[k], b[k], seed=seed)
+    p = stats.mcnemar(a[k], b[k])
+    out[k] = {"delta": delta, "ci95": [lo, hi], "p_mcnemar": p, "n": n,
+              "verdict": stats.verdict(lo, hi, p)}
+  ta, tb = ood_table(a), ood_table(b)
+  if ta and tb:
+    xa, xb = corruptions.per_image(ta), corruptions.per_image(tb)
+    delta, lo, hi = stats.paired_bootstrap(xa, xb, seed=seed)
+    p = stats.paired_permutation(xa, xb, seed=seed)
+    out["ood"] = {"delta": delta, "ci95": [lo, hi], "p_permutation": p,
+                  "n": int(xa.shape[0]), "cells": int(xa.shape[1]),
+                  "verdict": stats.verdict(lo, hi, p),
+                  "test": "paired bootstrap over images of the per-image mean "
+                          "over corruptions × severities; p: paired sign-flip "
+                          "permutation test of the same statistic"}
   return out
 
 
 # ------------------------------------------------------------------ driver
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole pipeline; returns results.json's content."""
-  validate_rift_config(config)
-  _check_modules_early(config)
-  workdir = train.prepare_workdir(workdir)
+  validation.validate_rift(config)
+  workdir = wd.prepare(workdir)
   cfg_path = _path(workdir, "rift_config.json")
   if os.path.exists(cfg_path):
-    old = _read_json(cfg_path)
+    old = wd.read_json(cfg_path)
     if old.get("model") != config.model.to_dict() or old.get("data") != json.loads(
         json.dumps(config.data.to_dict())):
       raise UserError(f"workdir={workdir!r} holds a run with another model or "
                       "data config; use a new --workdir")
-  train.write_json(cfg_path, config.to_dict())
-  timer = Timer(workdir)
+  wd.write_json(cfg_path, config.to_dict())
+  timer = wd.Timer(workdir)
   mesh = sharding.make_mesh()
   dataset = data.load(config.data)
   model, theta_at, at_source = stage_theta_at(config, workdir, dataset, timer)
   fns = models.ModelFns(model)
-  apply_fn = lambda v, x: fns.logits(v, x, train=False)
-  x_fix, y_fix = stage_fixed_set(config, workdir, apply_fn, theta_at, dataset,
-                                 mesh, timer)
-  scores = stage_mrc(config, workdir, apply_fn, theta_at, x_fix, y_fix, mesh, timer)
-  all_modules = list(models.perturbable_modules(theta_at["params"]))
+  x_fix, y_fix = stage_fixed_set(config, workdir, fns, theta_at, dataset, mesh,
+                                 timer)
+  scores = stage_mrc(config, workdir, fns, theta_at, x_fix, y_fix, mesh, timer)
   r = config.rift
-  k = int(r.finetune.k)
+  candidates = finetuning.candidate_modules(theta_at["params"],
+                                            r.finetune.candidates)
 
   def run_target(target, name):
-    modules = target_modules(target, scores, all_modules, k, r.finetune.modules)
+    modules = finetuning.target_modules(target, scores, candidates,
+                                        int(r.finetune.k), r.finetune.modules)
     lrs = list(r.finetune.lr_sweep) or [float(r.finetune.optim.lr)]
     best = None
     for lr in lrs:
@@ -304,65 +275,86 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       optim.lr = float(lr)
       run_name = name if len(lrs) == 1 else f"{name}_lr{lr:g}"
       theta_ft, ft_info, curve = stage_finetune_and_interpolate(
-          config, workdir, run_name, fns, theta_at, modules, dataset, mesh, timer,
-          optim)
+          config, workdir, run_name, fns, theta_at, modules, dataset, mesh,
+          timer, optim)
       key = (curve["chosen"]["clean"], curve["chosen"]["adv"])
       if best is None or key > best[0]:
         best = (key, theta_ft, ft_info, curve, lr)
     _, theta_ft, ft_info, curve, lr = best
     alpha = float(curve["chosen"]["alpha"])
-    theta_star = interpolate.interpolate(theta_at, theta_ft, alpha)
     return {"modules": modules, "lr": lr, "alpha": alpha, "curve": curve,
-            "finetune": ft_info, "theta_star": theta_star,
+            "finetune": ft_info, "theta_ft": theta_ft,
+            "theta_star": interpolation.mix(theta_at, theta_ft, alpha),
             "lr_sweep": [float(x) for x in lrs]}
 
   main = run_target(r.finetune.target, r.finetune.target)
   ablations = {a: run_target(a, a) for a in r.ablations if a != r.finetune.target}
+  exports = {"theta_star": main["theta_star"]}
+  if r.export_theta_ft:
+    exports["theta_ft"] = main["theta_ft"]
+  stage_export(workdir, exports, at_source)
 
   results_path = _path(workdir, "results.json")
-  from rift_jax import report
   if os.path.exists(results_path):  # the test stage is done: only re-report
-    results = _read_json(results_path)
+    results = wd.read_json(results_path)
     report.write_report(workdir, results)
     return results
-  t0 = time.time()
-  ood_sets = _ood_sets(config, workdir, dataset)
-  if ood_sets is not None:
-    timer.record("ood_generate", time.time() - t0)
-  t0 = time.time()
-  at_test = test_metrics(config, fns, theta_at, dataset, ood_sets, mesh, "θ_AT")
-  rift_test = test_metrics(config, fns, main["theta_star"], dataset, ood_sets,
-                           mesh, "θ*")
+  ood_sets = None
+  if r.ood.enabled:
+    with timer.stage("ood_generate"):
+      ood_sets = corruptions.load_sets(
+          r.ood, dataset.test, data_dir=config.data.data_dir, workdir=workdir,
+          seed=int(r.ood.seed), prefix="rift.ood")
+  with timer.stage("test"):
+    rec = {"at": test_records(config, fns, theta_at, dataset, ood_sets, mesh, "θ_AT"),
+           "rift": test_records(config, fns, main["theta_star"], dataset,
+                                ood_sets, mesh, "θ*")}
+    for name, a in ablations.items():
+      rec[name] = test_records(config, fns, a["theta_star"], dataset, ood_sets,
+                               mesh, name)
+  records.save(_path(workdir, "records.npz"), records.flatten(rec))
+  results = build_results(config, rec, scores, main, ablations, at_source,
+                          timer.t, len(dataset.test))
+  wd.write_json(results_path, results)
+  report.write_report(workdir, results)
+  return results
+
+
+def build_results(config, rec, scores, main, ablations, at_source, timing,
+                  n_test) -> dict:
+  """results.json from the per-example test records and the stage outputs."""
+  r = config.rift
+  at, rift = summarize_records(rec["at"]), summarize_records(rec["rift"])
   abl_out = {}
   for name, a in ablations.items():
-    m = test_metrics(config, fns, a["theta_star"], dataset, ood_sets, mesh, name)
+    m = summarize_records(rec[name])
     abl_out[name] = {"modules": a["modules"], "alpha": a["alpha"], "lr": a["lr"],
-                     **{k_: m[k_] for k_ in ("clean", "adv", "ood") if k_ in m}}
-  timer.record("test", time.time() - t0)
-
-  results = {
-      "at": {k_: at_test.get(k_) for k_ in ("clean", "adv", "ood")},
-      "rift": {k_: rift_test.get(k_) for k_ in ("clean", "adv", "ood")},
+                     **{k: m.get(k) for k in ("clean", "adv", "ood")},
+                     "paired": paired(rec["at"], rec[name], int(config.seed))}
+  return {
+      "at": {k: at.get(k) for k in ("clean", "adv", "ood")},
+      "rift": {k: rift.get(k) for k in ("clean", "adv", "ood")},
+      "paired": paired(rec["at"], rec["rift"], int(config.seed)),
       "module": main["modules"][0] if len(main["modules"]) == 1 else main["modules"],
       "modules": main["modules"],
       "alpha": main["alpha"],
       "lr": main["lr"],
+      "lr_sweep": main["lr_sweep"],
       "target": r.finetune.target,
       "method": config.method,
-      "mrc": {k_: {"mrc": v.mrc, "adv_acc_drop": v.adv_acc_drop,
-                   "relative_norm": v.relative_norm} for k_, v in scores.items()},
+      "mrc": {k: {"mrc": v.mrc, "adv_acc_drop": v.adv_acc_drop,
+                  "relative_norm": v.relative_norm} for k, v in scores.items()},
       "interpolation": main["curve"]["curve"],
+      "interpolation_band": main["curve"].get("band"),
       "interpolation_split": "validation",
-      "finetune": {k_: v for k_, v in main["finetune"].items() if k_ != "history"},
+      "finetune": {k: v for k, v in main["finetune"].items() if k != "history"},
+      "finetune_history": main["finetune"].get("history"),
       "ablations": abl_out,
-      "ood_set": at_test.get("ood_detail", {}).get("set"),
-      "ood_detail": {"at": at_test.get("ood_detail"), "rift": rift_test.get("ood_detail")},
+      "ood_set": at.get("ood_detail", {}).get("set"),
+      "ood_detail": {"at": at.get("ood_detail"), "rift": rift.get("ood_detail")},
       "at_source": at_source,
       "test_attack": dict(config.rift.test_attack),
-      "n_test": len(dataset.test),
-      "timing_s": timer.t,
+      "n_test": n_test,
+      "timing_s": timing,
       "config": config.to_dict(),
   }
-  train.write_json(results_path, results)
-  report.write_report(workdir, results)
-  return results

@@ -1,16 +1,95 @@
-"""report.md and the two figures of a RiFT run, from results.json's content."""
+"""Reports: a RiFT run's report.md and figures, and the method table.
+
+Every difference between two models is shown with its 95 % paired interval
+and a plain verdict ("significant" / "within noise at n = ..."), from the
+`paired` block that `pipeline.build_results` computes on per-example
+records (`rift_jax.stats`).
+"""
 from __future__ import annotations
 
+import glob
+import json
 import os
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rift_jax import stats, workdir as wd  # noqa: E402
+
 
 def _fmt(v, digits=2):
   return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _signed(v, digits=2):
+  return "–" if v is None else f"{v:+.{digits}f}"
+
+
+def delta_cell(p: dict | None) -> str:
+  """'+1.20 [+0.30, +2.10]' from a paired entry, or '–'."""
+  if not p:
+    return "–"
+  lo, hi = p["ci95"]
+  return f"{_signed(p['delta'])} [{_signed(lo)}, {_signed(hi)}]"
+
+
+def verdict_cell(p: dict | None) -> str:
+  if not p:
+    return "–"
+  pv = p.get("p_mcnemar", p.get("p_permutation"))
+  v = p["verdict"]
+  if v != "significant":
+    v += f" at n = {p['n']:,}"
+  return v + (f" (p = {pv:.3g})" if pv is not None else "")
+
+
+# ----------------------------------------------------------- interpolation
+def curve_band(curve: list[dict], per_example: dict, num_resamples: int = 2000
+               ) -> list[dict]:
+  """95 % paired-bootstrap band of the validation α curve: for every α,
+  acc(α=0) + the interval of acc(α) − acc(α=0) on the same images. Where
+  the band covers the α = 0 level, the gain over θ_AT is within noise."""
+  i0 = next(i for i, c in enumerate(curve) if c["alpha"] == 0.0)
+  out = []
+  for j, c in enumerate(curve):
+    row = {"alpha": c["alpha"]}
+    for k in ("clean", "adv"):
+      ok = np.asarray(per_example[k])
+      _, lo, hi = stats.paired_bootstrap(ok[i0], ok[j], num_resamples=num_resamples)
+      base = 100.0 * float(ok[i0].mean())
+      row[f"{k}_lo"], row[f"{k}_hi"] = base + lo, base + hi
+    out.append(row)
+  return out
+
+
+def plot_interpolation(results: dict, path: str) -> None:
+  curve, band = results["interpolation"], results.get("interpolation_band")
+  a = [c["alpha"] for c in curve]
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  ax.plot(a, [c["clean"] for c in curve], "o-", label="clean (val)")
+  ax.set_xlabel("α   (θ = (1−α)·θ_AT + α·θ_FT)")
+  ax.set_ylabel("clean accuracy (%)")
+  ax2 = ax.twinx()
+  ax2.plot(a, [c["adv"] for c in curve], "s-", color="tab:orange",
+           label="PGD (val)")
+  ax2.set_ylabel("robust accuracy (%)")
+  if band:
+    ax.fill_between(a, [b["clean_lo"] for b in band], [b["clean_hi"] for b in band],
+                    color="tab:blue", alpha=0.15, lw=0,
+                    label="95 % paired band vs α = 0")
+    ax2.fill_between(a, [b["adv_lo"] for b in band], [b["adv_hi"] for b in band],
+                     color="tab:orange", alpha=0.15, lw=0)
+  ax.axvline(results["alpha"], color="gray", ls="--", lw=1)
+  lines = ax.get_legend_handles_labels()
+  lines2 = ax2.get_legend_handles_labels()
+  ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", fontsize=7)
+  ax.set_title(f"Interpolation (validation), chosen α = {results['alpha']:.1f}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def plot_mrc(results: dict, path: str) -> None:
@@ -34,31 +113,13 @@ def plot_mrc(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-def plot_interpolation(results: dict, path: str) -> None:
-  curve = results["interpolation"]
-  a = [c["alpha"] for c in curve]
-  fig, ax = plt.subplots(figsize=(5.5, 4))
-  ax.plot(a, [c["clean"] for c in curve], "o-", label="clean (val)")
-  ax.set_xlabel("α   (θ = (1−α)·θ_AT + α·θ_FT)")
-  ax.set_ylabel("clean accuracy (%)")
-  ax2 = ax.twinx()
-  ax2.plot(a, [c["adv"] for c in curve], "s-", color="tab:orange",
-           label="PGD (val)")
-  ax2.set_ylabel("robust accuracy (%)")
-  ax.axvline(results["alpha"], color="gray", ls="--", lw=1)
-  lines = ax.get_legend_handles_labels()
-  lines2 = ax2.get_legend_handles_labels()
-  ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", fontsize=8)
-  ax.set_title(f"Interpolation, chosen α = {results['alpha']:.1f}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
+# ------------------------------------------------------------- report.md
 def markdown(results: dict) -> str:
   at, rf = results["at"], results["rift"]
+  p = results.get("paired", {})
   cfg = results.get("config", {})
   ta = results.get("test_attack", {})
+  ood_p = p.get("ood")
   lines = [
       "# RiFT report", "",
       f"Data: {cfg.get('data', {}).get('name')}, model: "
@@ -68,33 +129,48 @@ def markdown(results: dict) -> str:
       f"Test split: {results.get('n_test')} images. Adv = PGD-{ta.get('num_steps')} "
       f"(ε = {ta.get('epsilon', 0):.4g}, step {ta.get('step_size', 0):.4g}, "
       f"{ta.get('restarts')} restarts, an example counts as robust only if it "
-      "survives every restart). OOD = mean clean accuracy over "
-      f"{results.get('ood_set') or 'no corruption set (OOD disabled)'}.",
+      "survives every restart and is classified correctly clean). OOD = mean "
+      "clean accuracy over "
+      f"{results.get('ood_set') or 'no corruption set (OOD disabled)'}"
+      + (f", on the first {ood_p['n']:,} test images" if ood_p else "") + ".",
       "",
       "| model | Std | OOD | Adv |", "|---|---|---|---|",
       f"| AT | {_fmt(at['clean'])} | {_fmt(at.get('ood'))} | {_fmt(at['adv'])} |",
       f"| AT+RiFT | {_fmt(rf['clean'])} | {_fmt(rf.get('ood'))} | {_fmt(rf['adv'])} |",
-      f"| Δ | {_fmt(rf['clean'] - at['clean'])} | "
-      f"{_fmt(rf['ood'] - at['ood']) if rf.get('ood') is not None and at.get('ood') is not None else '–'}"
-      f" | {_fmt(rf['adv'] - at['adv'])} |",
+      f"| Δ [95 % paired CI] | {delta_cell(p.get('clean'))} | "
+      f"{delta_cell(ood_p)} | {delta_cell(p.get('adv'))} |",
+      f"| verdict | {verdict_cell(p.get('clean'))} | {verdict_cell(ood_p)} | "
+      f"{verdict_cell(p.get('adv'))} |",
+      "",
+      "Δ = AT+RiFT − AT in percentage points with a 95 % percentile bootstrap "
+      "interval over test images (paired: both models on the same images); "
+      "p = exact McNemar test (Std, Adv) or a paired sign-flip permutation test "
+      "of the per-image mean over corruptions × severities (OOD). A difference "
+      "whose interval contains 0 is within the noise of this test set.",
       "",
       f"Fine-tuned module(s): `{', '.join(results['modules'])}` "
-      f"(target: {results.get('target')}), lr {results.get('lr')}, "
-      f"chosen α = {results['alpha']:.2f} (validation: highest clean accuracy with "
-      f"robust accuracy ≥ robust(α=0) − tolerance).",
+      f"(target: {results.get('target')}), lr {results.get('lr')}"
+      + (f" (chosen on validation from {results['lr_sweep']})"
+         if len(results.get("lr_sweep") or []) > 1 else "")
+      + f", chosen α = {results['alpha']:.2f} (validation: highest clean accuracy "
+      "with robust accuracy ≥ robust(α=0) − tolerance).",
       "",
   ]
   if results.get("ablations"):
     lines += ["## Ablations (paper Table 3)", "",
-              "| fine-tuned | modules | α | Std | OOD | Adv |", "|---|---|---|---|---|---|",
+              "| fine-tuned | modules | α | Std | OOD | Adv | Δ Std | Δ Adv |",
+              "|---|---|---|---|---|---|---|---|",
               f"| {results.get('target')} | {', '.join(results['modules'])} | "
               f"{results['alpha']:.2f} | {_fmt(rf['clean'])} | {_fmt(rf.get('ood'))} | "
-              f"{_fmt(rf['adv'])} |"]
+              f"{_fmt(rf['adv'])} | {delta_cell(p.get('clean'))} | "
+              f"{delta_cell(p.get('adv'))} |"]
     for name, a in results["ablations"].items():
       mods = a["modules"]
       mods = ", ".join(mods) if len(mods) <= 3 else f"{len(mods)} modules"
+      ap = a.get("paired", {})
       lines.append(f"| {name} | {mods} | {a['alpha']:.2f} | {_fmt(a['clean'])} | "
-                   f"{_fmt(a.get('ood'))} | {_fmt(a['adv'])} |")
+                   f"{_fmt(a.get('ood'))} | {_fmt(a['adv'])} | "
+                   f"{delta_cell(ap.get('clean'))} | {delta_cell(ap.get('adv'))} |")
     lines.append("")
   lines += ["## MRC ranking (lowest first)", "",
             "| rank | module | MRC | robust acc drop (pp) | ‖Δw‖/‖w‖ |",
@@ -103,10 +179,30 @@ def markdown(results: dict) -> str:
   for i, (name, v) in enumerate(ranked, 1):
     lines.append(f"| {i} | `{name}` | {v['mrc']:.4g} | {v['adv_acc_drop']:.2f} | "
                  f"{v['relative_norm']:.3f} |")
-  lines += ["", "## Interpolation (validation)", "", "| α | clean | adv |", "|---|---|---|"]
+  hist = results.get("finetune_history")
+  if hist:
+    lines += ["", "## Fine-tuning curve (validation clean accuracy)", "",
+              "| epoch | train loss | val clean |", "|---|---|---|"]
+    best = (results.get("finetune") or {}).get("best_epoch")
+    for h in hist:
+      mark = " ← θ_FT" if h["epoch"] == best else (" (θ)" if h["epoch"] == 0 else "")
+      lines.append(f"| {h['epoch']}{mark} | {_fmt(h.get('train_loss'), 4)} | "
+                   f"{h['val_clean']:.2f} |")
+  band = {b["alpha"]: b for b in results.get("interpolation_band") or []}
+  lines += ["", "## Interpolation (validation)", "",
+            "| α | clean | clean 95 % band | adv | adv 95 % band |",
+            "|---|---|---|---|---|"]
   for c in results["interpolation"]:
     mark = " ←" if abs(c["alpha"] - results["alpha"]) < 1e-9 else ""
-    lines.append(f"| {c['alpha']:.2f}{mark} | {c['clean']:.2f} | {c['adv']:.2f} |")
+    b = band.get(c["alpha"])
+    cb = f"[{b['clean_lo']:.2f}, {b['clean_hi']:.2f}]" if b else "–"
+    ab = f"[{b['adv_lo']:.2f}, {b['adv_hi']:.2f}]" if b else "–"
+    lines.append(f"| {c['alpha']:.2f}{mark} | {c['clean']:.2f} | {cb} | "
+                 f"{c['adv']:.2f} | {ab} |")
+  if band:
+    lines += ["", "Bands: acc(α=0) + the 95 % paired-bootstrap interval of "
+              "acc(α) − acc(α=0) on the validation images; where a band covers "
+              "the α = 0 value, that α's difference is within noise."]
   det = results.get("ood_detail", {}) or {}
   if det.get("at") and det.get("rift"):
     lines += ["", "## OOD per corruption (test, mean over severities)", "",
@@ -117,14 +213,138 @@ def markdown(results: dict) -> str:
   for k, v in results.get("timing_s", {}).items():
     lines.append(f"| {k} | {v:.1f} |")
   lines += ["", "Figures: `mrc.png` (MRC and robust-accuracy drop per module), "
-            "`interpolation.png` (validation accuracy against α).", ""]
+            "`interpolation.png` (validation accuracy against α, with the "
+            "paired bands).", ""]
   return "\n".join(lines)
 
 
 def write_report(workdir: str, results: dict) -> None:
-  tmp = os.path.join(workdir, "report.md.tmp")
-  with open(tmp, "w") as f:
-    f.write(markdown(results))
-  os.replace(tmp, os.path.join(workdir, "report.md"))
+  wd.write_text(os.path.join(workdir, "report.md"), markdown(results))
   plot_mrc(results, os.path.join(workdir, "mrc.png"))
   plot_interpolation(results, os.path.join(workdir, "interpolation.png"))
+
+
+# ------------------------------------------------------------ method table
+def nrr(nat: float | None, rob: float | None) -> float | None:
+  """Natural-robust ratio 2·Nat·Rob/(Nat + Rob) (harmonic mean), in %
+  (the CURE paper's trade-off score)."""
+  if nat is None or rob is None or nat + rob <= 0:
+    return None
+  return 2 * nat * rob / (nat + rob)
+
+
+def _read(path):
+  try:
+    return wd.read_json(path)
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def _eval_results(workdir):
+  for p in (os.path.join(workdir, "eval_results.json"),
+            os.path.join(workdir, "eval", "eval_results.json")):
+    r = _read(p)
+    if r is not None:
+      return r
+  return None
+
+
+def _train_seconds(workdir):
+  total = 0.0
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        total += float(json.loads(line).get("train_s", 0.0))
+  except (OSError, ValueError):
+    return None
+  return total
+
+
+def collect(workdir: str) -> dict | None:
+  """One row of the method table from a workdir, or None if it holds no
+  finished run: a RiFT run (results.json: base vs base+RiFT with the paired
+  intervals) or a training run (test_results.json, plus an
+  eval_results.json of `launch.evaluate` in it or its `eval/` folder)."""
+  name = os.path.basename(os.path.normpath(workdir))
+  rift = _read(os.path.join(workdir, "results.json"))
+  if rift is not None and "at" in rift and "rift" in rift:
+    return {"kind": "rift", "run": name, "method": rift.get("method", "?"),
+            "base": rift["at"], "rift": rift["rift"],
+            "paired": rift.get("paired", {}),
+            "module": rift.get("module"), "alpha": rift.get("alpha"),
+            "seconds": sum((rift.get("timing_s") or {}).values()) or None,
+            "train_seconds": (rift.get("timing_s") or {}).get("train_at")}
+  test = _read(os.path.join(workdir, "test_results.json"))
+  if test is None:
+    return None
+  config = _read(os.path.join(workdir, "config.json")) or {}
+  row = {"kind": "train", "run": name, "method": config.get("method", "?"),
+         "init_from": config.get("init_from") or "",
+         "clean": test.get("test_clean"), "pgd": test.get("test_adv"),
+         "aa": None, "seconds": _train_seconds(workdir)}
+  ev = _eval_results(workdir)
+  if ev is not None:
+    row["clean"] = ev.get("clean", row["clean"])
+    attacks = ev.get("attacks", {})
+    if "pgd" in attacks:
+      row["pgd"] = attacks["pgd"]["final"]
+    if "autoattack" in attacks:
+      row["aa"] = attacks["autoattack"]["final"]
+  return row
+
+
+def collect_all(patterns) -> list[dict]:
+  """Rows from every workdir matching `patterns` (globs)."""
+  from rift_jax.errors import UserError
+  dirs = []
+  for pattern in patterns:
+    found = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not found:
+      raise UserError(f"workdirs entry {pattern!r} matches no directory")
+    dirs += [d for d in found if os.path.isdir(d)]
+  rows = []
+  for d in dirs:
+    row = collect(d)
+    if row is None:
+      print(f"note: {d} has no finished run (results.json/test_results.json); "
+            "skipped")
+    else:
+      rows.append(row)
+  if not rows:
+    raise UserError(f"no finished run in {', '.join(dirs)}")
+  return rows
+
+
+def method_table(rows: list[dict]) -> str:
+  """The method table (RiFT's Table 2 layout) as markdown."""
+  out = []
+  rift = [r for r in rows if r["kind"] == "rift"]
+  if rift:
+    out += ["Base method vs base + RiFT (test; PGD = the run's rift.test_attack; "
+            "Δ with its 95 % paired interval):", "",
+            "| method | clean | PGD | OOD | +RiFT clean | +RiFT PGD | +RiFT OOD "
+            "| Δ clean | Δ PGD | Δ OOD | module | α | wall (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rift:
+      b, f, p = r["base"], r["rift"], r.get("paired", {})
+      out.append(f"| {r['method']} | {_fmt(b.get('clean'))} | {_fmt(b.get('adv'))} | "
+                 f"{_fmt(b.get('ood'))} | {_fmt(f.get('clean'))} | {_fmt(f.get('adv'))} | "
+                 f"{_fmt(f.get('ood'))} | {delta_cell(p.get('clean'))} | "
+                 f"{delta_cell(p.get('adv'))} | {delta_cell(p.get('ood'))} | "
+                 f"{r['module']} | {_fmt(r['alpha'], 1)} | {_fmt(r['seconds'], 0)} |")
+    out.append("")
+  out += ["Natural-robust trade-off (test; NRR = 2·Nat·Rob/(Nat+Rob), Rob = "
+          "AutoAttack if measured, else PGD):", "",
+          "| method | run | clean | PGD | AutoAttack | NRR | train (s) |",
+          "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if r["kind"] == "rift":
+      b = r["base"]
+      clean, pgd, aa = b.get("clean"), b.get("adv"), None
+      secs = r.get("train_seconds")
+    else:
+      clean, pgd, aa, secs = r["clean"], r["pgd"], r["aa"], r["seconds"]
+    rob = aa if aa is not None else pgd
+    out.append(f"| {r['method']} | {r['run']} | {_fmt(clean)} | {_fmt(pgd)} | "
+               f"{_fmt(aa)} | {_fmt(nrr(clean, rob))} | {_fmt(secs, 0)} |")
+  return "\n".join(out) + "\n"

@@ -1,17 +1,19 @@
-"""Training: a small train state, a compiled step, and the epoch loop.
+"""Training: a small train state, a compiled step, and the one epoch loop.
 
-`train_and_evaluate(config, workdir)` is what `launch/train.py` runs:
-clean or adversarial training (the objective named by `config.method`), each
-epoch a validation pass (clean + PGD), Orbax checkpoints of the latest epoch
-and of the best validation score, metrics to JSONL and TensorBoard, a progress
-bar. A killed run started again with the same workdir resumes from the latest
-checkpoint; the batch order depends only on (seed, epoch), so the resumed run
-ends with the same parameters as an uninterrupted one.
+`fit` is the epoch loop every trainer in the project uses (adversarial
+training here, RiFT's fine-tuning in `rift_jax.finetuning`): shuffled
+batches whose order depends only on (seed, epoch), the compiled step, a
+non-finite check, a validation pass after each epoch and best-by-validation
+selection. `train_and_evaluate(config, workdir)` is what `launch/train.py`
+runs: `fit` with Orbax checkpoints of the latest epoch and of the best
+validation score, metrics to JSONL and TensorBoard (`clu.metric_writers`),
+and resume: a killed run started again with the same workdir continues from
+the latest checkpoint and ends with the same parameters as an uninterrupted
+one.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -25,12 +27,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from rift_jax import attacks, checkpoint, data, evaluate, models, objectives, sharding
-from rift_jax.errors import UserError, check_choice, check_range
-
-
-class NonFiniteLoss(RuntimeError):
-  """The training loss became NaN/inf; the last good checkpoint is kept."""
+from rift_jax import (attacks, checkpoint, config as config_lib, data, evaluate,
+                      methods, models, objectives, schedules, sharding,
+                      workdir as wd)
+from rift_jax.errors import NonFiniteLoss, UserError, check_range
 
 
 @flax.struct.dataclass
@@ -48,48 +48,41 @@ class TrainState:
 
 
 # ------------------------------------------------------------- optimiser
-SCHEDULES = ("piecewise", "cosine", "constant")
+def check_optim(optim, prefix: str = "optim") -> None:
+  """Every field of an `optim` block (schedule and batch size included)."""
+  _check_sgd(optim, prefix)
+  check_range(f"{prefix}.batch_size", int(optim.batch_size), 1)
 
 
-def make_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int
-                  ) -> optax.Schedule:
-  """Learning rate per step from `optim` (epochs-based boundaries)."""
-  name = optim.get("schedule", "piecewise")
-  check_choice("optim.schedule", name, SCHEDULES + tuple(EXTRA_SCHEDULES))
-  total = int(optim.epochs) * steps_per_epoch
-  if name == "piecewise":
-    bounds = {int(e) * steps_per_epoch: float(optim.lr_decay_factor)
-              for e in optim.lr_decay_epochs if 0 < int(e) < int(optim.epochs)}
-    return optax.piecewise_constant_schedule(float(optim.lr), bounds)
-  if name == "cosine":
-    return optax.cosine_decay_schedule(float(optim.lr), max(total, 1))
-  if name == "constant":
-    return optax.constant_schedule(float(optim.lr))
-  return EXTRA_SCHEDULES[name](optim, steps_per_epoch)
-
-
-# Other modules register schedules here (e.g. AFT's slow-start-fast-decay).
-EXTRA_SCHEDULES: dict[str, Callable[[Any, int], optax.Schedule]] = {}
+def _check_sgd(optim, prefix: str) -> None:
+  check_range(f"{prefix}.lr", float(optim.lr), 0.0, low_open=True)
+  check_range(f"{prefix}.momentum", float(optim.momentum), 0.0, 1.0,
+              high_open=True)
+  check_range(f"{prefix}.weight_decay", float(optim.weight_decay), 0.0)
+  schedules.validate(optim, prefix)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
-                   mask: Any = None) -> optax.GradientTransformation:
+                   mask: Any = None, prefix: str = "optim"
+                   ) -> optax.GradientTransformation:
   """SGD with momentum and PyTorch-style weight decay (added to the gradient
-  before momentum). With `mask` (bool pytree), only True leaves are updated and
-  decayed: every other leaf gets exactly zero update."""
-  check_range("optim.lr", float(optim.lr), 0.0, low_open=True)
-  check_range("optim.momentum", float(optim.momentum), 0.0, 1.0, high_open=True)
-  check_range("optim.weight_decay", float(optim.weight_decay), 0.0)
+  before momentum), learning rate from `rift_jax.schedules`.
+
+  With `mask` (bool pytree like the params), only True leaves are trained:
+  `optax.multi_transform` gives every other leaf exactly zero update, no
+  weight decay and no optimiser state.
+  """
+  _check_sgd(optim, prefix)
   tx = optax.chain(
       optax.add_decayed_weights(float(optim.weight_decay)),
-      optax.sgd(make_schedule(optim, steps_per_epoch),
+      optax.sgd(schedules.make_schedule(optim, steps_per_epoch, prefix),
                 momentum=float(optim.momentum) or None,
                 nesterov=bool(optim.get("nesterov", False))))
   if mask is None:
     return tx
-  frozen = jax.tree_util.tree_map(lambda m: not m, mask)
-  return optax.chain(optax.masked(tx, mask),
-                     optax.masked(optax.set_to_zero(), frozen))
+  labels = jax.tree_util.tree_map(lambda m: "train" if m else "freeze", mask)
+  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
+                               labels)
 
 
 def create_state(variables, tx, rng, extra=None) -> TrainState:
@@ -100,24 +93,28 @@ def create_state(variables, tx, rng, extra=None) -> TrainState:
 
 # ------------------------------------------------------------ train step
 def make_train_step(ctx: objectives.Context, tx: optax.GradientTransformation,
-                    objective: Callable, info: data.DatasetInfo | None,
+                    method: objectives.Method, info: data.DatasetInfo | None,
                     augment: bool = True, update_batch_stats: bool = True,
                     steps_per_epoch: int | None = None):
   """Returns `step(state, x, y) -> (state, metrics)`, jitted, state donated.
 
-  x: `[batch, H, W, C]` float32 in [0, 1]; y: `[batch]` int32.
-  `objective` is an `objectives.Method` (or a plain objective function). One
-  step, in order:
-    1. x' = method.craft(θ)                  (inner maximisation, against θ)
+  x: `[batch, H, W, C]` float32 in [0, 1]; y: `[batch]` int32. One step, in
+  order:
+    1. x', s = method.craft(θ)               (inner maximisation, against θ;
+                                              s: BN running averages after
+                                              the attack's passes)
     2. v = method.perturb_weights(θ, x')     (AWP; else v = 0)
-    3. g = ∇_θ loss(θ + v; x, x')
+    3. g = ∇_θ loss(θ + v; x, x'), s ← the loss passes' averages (from s)
     4. g = g ⊙ method.grad_mask(θ, x')       (CURE's conserve/update split)
     5. θ ← θ + optimiser(g, θ)               (v is not added back: removed)
-    6. extra ← method.update_extra(extra, θ) (CURE's revision model)
+    6. s ← method.after_update(θ, s)         (BN statistics-only passes at the
+                                              new θ, as PyTorch loops' logs)
+    7. extra ← method.update_extra(extra, θ) (CURE's revision model)
+  A `craft` that returns a bare x' leaves the running averages as they were.
+  `update_batch_stats=False` keeps them as they were whatever the method
+  does. The BatchNorm policy is in `rift_jax/objectives.py`.
   `steps_per_epoch` gives the hooks the (0-based) epoch (AWP's warm-up).
   """
-  method = objectives.from_objective(objective)
-  method.check(ctx)
   spe = max(int(steps_per_epoch or 1), 1)
 
   def step(state: TrainState, x, y):
@@ -125,15 +122,19 @@ def make_train_step(ctx: objectives.Context, tx: optax.GradientTransformation,
     if augment and info is not None:
       x = data.augment(k_aug, x, info.crop_padding, info.flip)
     batch = objectives.Batch(x, y, None, k_obj)
+    stats = state.batch_stats
     if method.craft is not None:
-      batch = batch._replace(x_adv=method.craft(ctx, state.variables, x, y, k_obj))
+      # The attack also returns the BN statistics after its own train-mode
+      # passes (unchanged unless the method's authors' attack updates them).
+      x_adv, stats = method.craft(ctx, state.variables, x, y, k_obj)
+      batch = batch._replace(x_adv=x_adv)
     at = state.params
     if method.perturb_weights is not None:
       epoch = state.step // spe if steps_per_epoch else jnp.zeros((), jnp.int32)
       v = method.perturb_weights(ctx, state.params, state.batch_stats, batch, epoch)
       at = jax.tree_util.tree_map(jnp.add, state.params, v)
     grad_fn = jax.value_and_grad(
-        lambda p: method.loss(ctx, p, state.batch_stats, batch, state.extra),
+        lambda p: method.loss(ctx, p, stats, batch, state.extra),
         has_aux=True)
     (loss, (batch_stats, metrics)), grads = grad_fn(at)
     if method.grad_mask is not None:
@@ -141,6 +142,8 @@ def make_train_step(ctx: objectives.Context, tx: optax.GradientTransformation,
       grads = jax.tree_util.tree_map(jnp.multiply, grads, mask)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if method.after_update is not None and update_batch_stats:
+      batch_stats = method.after_update(ctx, params, batch_stats, batch)
     extra = state.extra
     if method.update_extra is not None:
       extra = method.update_extra(ctx, extra, params, state.step + 1, rng)
@@ -153,107 +156,79 @@ def make_train_step(ctx: objectives.Context, tx: optax.GradientTransformation,
   return jax.jit(step, donate_argnums=0)
 
 
-# ------------------------------------------------------------ config glue
-def model_meta(config, info: data.DatasetInfo) -> dict:
-  return {"name": config.model.name, "width": config.model.get("width"),
-          "num_classes": info.num_classes, "image_shape": list(info.image_shape)}
+# ------------------------------------------------------------ epoch loop
+@dataclasses.dataclass
+class FitResult:
+  state: TrainState
+  history: list          # one record per epoch run by this call
+  best_epoch: int
+  best_score: float
 
 
-def build_model(config, info: data.DatasetInfo):
-  return models.create_model(config.model.name, num_classes=info.num_classes,
-                             width=config.model.get("width"), mean=info.mean,
-                             std=info.std,
-                             conv_impl=config.model.get("conv_impl", "auto"))
+def fit(state: TrainState, train_step: Callable, split: data.Split, *,
+        batch_size: int, seed: int, epochs: int, mesh,
+        validate: Callable[[TrainState, int], dict], select: str,
+        start_epoch: int = 0, best_score: float = -math.inf, best_epoch: int = 0,
+        on_epoch: Callable[[TrainState, dict, int, float], None] | None = None,
+        lr_schedule: Callable | None = None, log_every: int = 10,
+        desc: str = "epoch", what: str = "training",
+        nonfinite_hint: str = "", stop_after_epoch: int | None = None,
+        progress: bool = True) -> FitResult:
+  """The epoch loop: epochs `start_epoch + 1 .. epochs` of `train_step`.
 
+  After each epoch, `validate(state, epoch)` returns the validation record
+  fields (e.g. {'val_clean': 71.2, 'val_adv': 60.1}); the epoch is the new
+  best if `record[select]` beats `best_score` (strictly). `on_epoch(state,
+  record, best_epoch, best_score)` then runs (checkpointing, keeping the best
+  variables: the epoch is the best so far iff `best_epoch == record['epoch']`).
+  A non-finite loss raises `NonFiniteLoss` before anything of that epoch is
+  kept ("{what} loss is nan at epoch e step i; stopped, {nonfinite_hint}").
+  """
+  steps_per_epoch = len(split) // batch_size
+  rows = sharding.process_rows(mesh, batch_size)
+  history = []
 
-def attack_config(cfg, prefix: str) -> attacks.PGDConfig:
-  return attacks.PGDConfig.from_config(cfg, prefix)
+  def check(value, epoch, where):
+    if not math.isfinite(value):
+      raise NonFiniteLoss(f"{what} loss is {value} at epoch {epoch}{where}; "
+                          f"stopped, {nonfinite_hint}")
 
-
-def objective_context(config, fns) -> objectives.Context:
-  check_choice("method", config.method, tuple(objectives.OBJECTIVES))
-  check_choice("attack.bn_mode", config.attack.get("bn_mode", "train"),
-               ("train", "eval"))
-  hp = config.get(config.method, None)
-  hparams = tuple(sorted(hp.to_dict().items())) if hp is not None else ()
-  return objectives.Context(fns=fns, attack=attack_config(config.attack, "attack"),
-                            attack_bn=config.attack.get("bn_mode", "train"),
-                            hparams=hparams)
-
-
-def load_init_variables(init_from: str, target, expect_model: dict | None = None):
-  """Variables to start training from (`config.init_from`): a launch/train
-  workdir (its best-by-validation checkpoint) or a variables folder
-  (`checkpoint.save_variables`). Shaped like `target`; the recorded model
-  must match `expect_model`."""
-  path = os.path.abspath(os.path.expanduser(init_from))
-  best_dir = os.path.join(path, "checkpoints", "best")
-  variables, _ = checkpoint.load_variables(
-      best_dir if os.path.isdir(best_dir) else path, target, expect_model)
-  return variables
-
-
-def prepare_workdir(workdir: str) -> str:
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # One probe per process: hosts sharing a file system must not race.
-    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"workdir={workdir!r} is not writable: {e.strerror}") from None
-  return workdir
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temp file + rename): never a half-written file."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
-  os.replace(tmp, path)
-
-
-def _json_default(o):
-  if isinstance(o, (np.generic,)):
-    return o.item()
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  return str(o)
-
-
-class MetricWriter:
-  """JSONL (one record a line) and TensorBoard event files in the workdir."""
-
-  def __init__(self, workdir: str, resume_epoch: int | None = None):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    if (resume_epoch is not None and os.path.exists(self.path)
-        and jax.process_index() == 0):
-      # Drop records newer than the checkpoint we resume from.
-      with open(self.path) as f:
-        keep = [l for l in f if l.strip() and
-                json.loads(l).get("epoch", 0) <= resume_epoch]
-      with open(self.path, "w") as f:
-        f.writelines(keep)
-    self._tb = None
-    if jax.process_index() == 0:
-      try:
-        from flax.metrics import tensorboard
-        self._tb = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
-      except Exception:  # TensorBoard is optional; JSONL is the record.
-        self._tb = None
-
-  def write(self, record: dict) -> None:
-    if jax.process_index() != 0:
-      return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record, default=_json_default) + "\n")
-    if self._tb is not None:
-      for k, v in record.items():
-        if isinstance(v, (int, float)) and k != "epoch":
-          self._tb.scalar(k, v, record["epoch"])
-      self._tb.flush()
+  for epoch in range(start_epoch + 1, epochs + 1):
+    t0 = time.time()
+    sums, count, last = None, 0, None
+    bar = tqdm(data.train_batches(split, batch_size, seed, epoch, rows),
+               total=steps_per_epoch, desc=f"{desc} {epoch}/{epochs}", leave=False,
+               disable=not progress or jax.process_index() != 0)
+    for i, (x, y) in enumerate(bar):
+      x, y = sharding.shard_batch(mesh, x, y)
+      state, metrics = train_step(state, x, y)
+      # The previous step's metrics: fetching them does not wait for this one.
+      if last is not None and (i % log_every == 0 or i == steps_per_epoch - 1):
+        m = jax.device_get(last)
+        check(float(m["loss"]), epoch, f" step {i - 1}")
+        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['acc']:.3f}",
+                        img_s=f"{(i * batch_size) / (time.time() - t0):.0f}")
+      last = metrics
+      sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums,
+                                                                 metrics)
+      count += 1
+    mean = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+    check(mean["loss"], epoch, "")
+    train_time = time.time() - t0
+    record = {"epoch": epoch, "train_loss": mean["loss"],
+              "train_acc": 100 * mean["acc"], **validate(state, epoch),
+              "train_s": train_time,
+              "img_per_s": steps_per_epoch * batch_size / train_time}
+    if lr_schedule is not None:
+      record["lr"] = float(lr_schedule(epoch * steps_per_epoch - 1))
+    history.append(record)
+    if record[select] > best_score:
+      best_score, best_epoch = record[select], epoch
+    if on_epoch is not None:
+      on_epoch(state, record, best_epoch, best_score)
+    if stop_after_epoch is not None and epoch >= stop_after_epoch:
+      break
+  return FitResult(state, history, best_epoch, best_score)
 
 
 # ------------------------------------------------------------ main loop
@@ -266,6 +241,15 @@ class TrainResult:
   dataset: data.Dataset
 
 
+def _metric_writer(workdir: str):
+  """TensorBoard events (and absl logging) through `clu.metric_writers`;
+  only process 0 writes."""
+  from clu import metric_writers
+  return metric_writers.create_default_writer(
+      os.path.join(workdir, "tensorboard"),
+      just_logging=jax.process_index() != 0, asynchronous=False)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        dataset: data.Dataset | None = None,
                        stop_after_epoch: int | None = None) -> TrainResult:
@@ -274,40 +258,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `stop_after_epoch` ends the run early after that epoch (used to test that a
   killed run resumes exactly).
   """
-  workdir = prepare_workdir(workdir)
+  workdir = wd.prepare(workdir)
   dataset = dataset or data.load(config.data)
   info = dataset.info
   mesh = sharding.make_mesh()
   batch_size = int(config.optim.batch_size)
-  check_range("optim.batch_size", batch_size, 1)
-  check_range("optim.epochs", int(config.optim.epochs), 1)
   sharding.check_batch_size(batch_size, mesh, "optim.batch_size")
   if len(dataset.train) < batch_size:
     raise UserError(f"optim.batch_size={batch_size} is larger than the "
                     f"{len(dataset.train)} training images")
   steps_per_epoch = len(dataset.train) // batch_size
 
-  model = build_model(config, info)
+  model = config_lib.build_model(config, info)
   fns = models.ModelFns(model)
-  ctx = objective_context(config, fns)
-  objective = objectives.OBJECTIVES[config.method]
+  ctx = methods.context(config, fns)
+  method = methods.get(config.method)
   tx = make_optimizer(config.optim, steps_per_epoch)
-  schedule = make_schedule(config.optim, steps_per_epoch)  # for the lr log
   rng = jax.random.PRNGKey(int(config.seed))
   k_init, k_state, k_eval = jax.random.split(rng, 3)
-  objective.check(ctx)
   init_from = config.get("init_from", "") or ""
-  if objective.starts_from_pretrained and not init_from:
-    raise UserError(f"method={config.method!r} fine-tunes a naturally trained "
-                    "model: set --config.init_from to a natural run's workdir "
-                    "or a variables folder")
   variables = models.init_variables(model, k_init, info.image_shape)
-  meta_model = model_meta(config, info)
-  if init_from:
-    variables = load_init_variables(init_from, variables, meta_model)
-  extra_init = objectives.EXTRA_STATE.get(config.method)
+  meta_model = config_lib.model_meta(config, info)
+  if init_from:  # a launch/train workdir, a variables folder or a PyTorch file
+    variables, _ = checkpoint.load_model_variables(init_from, model, info,
+                                                   meta_model)
   state = create_state(variables, tx, k_state,
-                       extra_init(variables) if extra_init else None)
+                       method.init_extra(variables) if method.init_extra else None)
 
   # Replicated before restoring, so Orbax restores straight into the mesh
   # layout on every host.
@@ -315,81 +291,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   latest = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "latest"))
   best = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "best"))
   start_epoch, best_score, best_epoch = 0, -math.inf, 0
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
   if latest.latest_step() is not None:
     state, meta = latest.restore(state, meta_model)
     start_epoch = int(meta["epoch"])
     best_score, best_epoch = float(meta["best_score"]), int(meta["best_epoch"])
-    print(f"resuming {workdir} from epoch {start_epoch}")
-  else:
     if jax.process_index() == 0:
-      write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  writer = MetricWriter(workdir, start_epoch if start_epoch else None)
+      wd.truncate_jsonl(metrics_path, start_epoch)
+    print(f"resuming {workdir} from epoch {start_epoch}")
+  elif jax.process_index() == 0:
+    wd.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  writer = _metric_writer(workdir)
 
-  train_step = make_train_step(ctx, tx, objective, info,
+  train_step = make_train_step(ctx, tx, method, info,
                                augment=bool(config.get("augment", True)),
                                steps_per_epoch=steps_per_epoch)
-  eval_attack = attack_config(config.eval.attack, "eval.attack")
+  eval_attack = attacks.PGDConfig.from_config(config.eval.attack, "eval.attack")
   evaluator = evaluate.Evaluator(fns, evaluate.pgd_attack_fn(eval_attack),
                                  int(config.eval.batch_size), mesh)
-  select = "clean" if config.method == "natural" else "adv"
-  history = []
-  log_every = int(config.get("log_every", 10))
-  epochs = int(config.optim.epochs)
 
-  for epoch in range(start_epoch + 1, epochs + 1):
-    t0 = time.time()
-    sums, count, last = None, 0, None
-    bar = tqdm(data.train_batches(dataset.train, batch_size, int(config.seed), epoch,
-                                  sharding.process_rows(mesh, batch_size)),
-               total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
-               disable=jax.process_index() != 0)
-    for i, (x, y) in enumerate(bar):
-      x, y = sharding.shard_batch(mesh, x, y)
-      state, metrics = train_step(state, x, y)
-      if last is not None and (i % log_every == 0 or i == steps_per_epoch - 1):
-        m = jax.device_get(last)
-        if not np.isfinite(m["loss"]):
-          raise NonFiniteLoss(f"training loss is {m['loss']} at epoch {epoch} step "
-                              f"{i}; stopped, the last good checkpoint is kept in "
-                              f"{latest.directory}")
-        bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['acc']:.3f}",
-                        img_s=f"{(i * batch_size) / (time.time() - t0):.0f}")
-      last = metrics
-      sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums,
-                                                                 metrics)
-      count += 1
-    epoch_metrics = {k: float(v) / count for k, v in jax.device_get(sums).items()}
-    if not math.isfinite(epoch_metrics["loss"]):
-      raise NonFiniteLoss(f"training loss is {epoch_metrics['loss']} in epoch "
-                          f"{epoch}; stopped, the last good checkpoint is kept in "
-                          f"{latest.directory}")
-    train_time = time.time() - t0
+  def validate(state, epoch):
     val = evaluator(state.variables, dataset.val, jax.random.fold_in(k_eval, epoch),
                     desc="validation")
-    record = {"epoch": epoch, "train_loss": epoch_metrics["loss"],
-              "train_acc": 100 * epoch_metrics["acc"], "val_clean": val["clean"],
-              "val_adv": val["adv"], "train_s": train_time,
-              "img_per_s": steps_per_epoch * batch_size / train_time,
-              "lr": float(schedule(epoch * steps_per_epoch - 1))}
-    history.append(record)
-    writer.write(record)
-    if val[select] > best_score:
-      best_score, best_epoch = val[select], epoch
-      best.save(epoch, state.variables, {"model": meta_model, "epoch": epoch,
-                                         "val": val})
-    latest.save(epoch, state, {"model": meta_model, "epoch": epoch,
-                               "best_score": best_score, "best_epoch": best_epoch})
-    print(f"epoch {epoch}: loss {record['train_loss']:.4f} "
+    return {"val_clean": float(val["clean"]), "val_adv": float(val["adv"])}
+
+  def on_epoch(state, record, best_epoch, best_score):
+    if jax.process_index() == 0:
+      wd.append_jsonl(metrics_path, record)
+      writer.write_scalars(record["epoch"], {k: v for k, v in record.items()
+                                             if k != "epoch"})
+      writer.flush()
+    val = {"clean": record["val_clean"], "adv": record["val_adv"]}
+    if best_epoch == record["epoch"]:
+      best.save(record["epoch"], state.variables,
+                {"model": meta_model, "epoch": record["epoch"], "val": val})
+    latest.save(record["epoch"], state,
+                {"model": meta_model, "epoch": record["epoch"],
+                 "best_score": best_score, "best_epoch": best_epoch})
+    print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f} "
           f"val clean {val['clean']:.2f}% val PGD {val['adv']:.2f}% "
           f"({record['img_per_s']:.0f} img/s)")
-    if stop_after_epoch is not None and epoch >= stop_after_epoch:
-      break
 
-  best_vars, _ = best.restore(jax.device_get(state.variables), meta_model)
+  result = fit(state, train_step, dataset.train, batch_size=batch_size,
+               seed=int(config.seed), epochs=int(config.optim.epochs), mesh=mesh,
+               validate=validate,
+               select="val_clean" if config.method == "natural" else "val_adv",
+               start_epoch=start_epoch,
+               best_score=best_score, best_epoch=best_epoch, on_epoch=on_epoch,
+               lr_schedule=schedules.make_schedule(config.optim, steps_per_epoch),
+               log_every=int(config.get("log_every", 10)),
+               nonfinite_hint=("the last good checkpoint is kept in "
+                               f"{latest.directory}"),
+               stop_after_epoch=stop_after_epoch)
+  writer.close()
+  best_vars, _ = best.restore(jax.device_get(result.state.variables), meta_model)
   latest.close()
   best.close()
-  return TrainResult(best_vars, best_epoch, history, info, dataset)
-
-
-# AFT registers its slow-start-fast-decay schedule in EXTRA_SCHEDULES.
-from rift_jax import aft as _aft  # noqa: E402,F401
+  return TrainResult(best_vars, result.best_epoch, result.history, info, dataset)

@@ -55,15 +55,15 @@ def tiny_config(**overrides):
 def _setup(config, mesh):
   """Model, state (replicated on `mesh`) and a jitted PGD-AT step."""
   import jax
-  from rift_jax import data, models, objectives, sharding, train
+  from rift_jax import config as config_lib, data, methods, models, sharding, train
   info = data.INFO[config.data.name]
-  model = train.build_model(config, info)
+  model = config_lib.build_model(config, info)
   fns = models.ModelFns(model)
-  ctx = train.objective_context(config, fns)
+  ctx = methods.context(config, fns)
   tx = train.make_optimizer(config.optim, 10)
   variables = models.init_variables(model, jax.random.PRNGKey(0), info.image_shape)
   state = train.create_state(variables, tx, jax.random.PRNGKey(1))
-  step = train.make_train_step(ctx, tx, objectives.OBJECTIVES[config.method], info)
+  step = train.make_train_step(ctx, tx, methods.get(config.method), info)
   return fns, sharding.replicate(state, mesh), step
 
 
@@ -151,10 +151,9 @@ def devices_check(out_path: str) -> None:
 
 def _mrc(fns, variables, x_adv, y, mesh):
   """MRC of two modules (projected weight-gradient ascent on a fixed set)."""
-  from rift_jax import mrc
-  out = mrc.module_robust_criticality(
-      lambda v, xa: fns.logits(v, xa, train=False), variables, x_adv, y,
-      modules=["conv2", "linear"], num_passes=2, batch_size=GLOBAL_BATCH,
+  from rift_jax import criticality
+  out = criticality.mrc(
+      fns, variables, x_adv, y, modules=["conv2", "linear"], num_passes=2, batch_size=GLOBAL_BATCH,
       mesh=mesh)
   return {k: [r.mrc, r.adv_acc_drop, r.relative_norm, *r.loss_per_pass]
           for k, r in out.items()}

@@ -39,3 +39,63 @@ def run_cli(*args, timeout=300):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "fmnist_resnet18_w4_pgdat.safetensors")
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def robust_pair():
+  """The committed robust fixture (a ResNet-18, width 4, PGD-AT on
+  Fashion-MNIST at ε = 0.1 with this project's launch/train, exported by
+  rift_jax.convert; tests/fixtures/README.md) as our model and as a PyTorch
+  model, with the first 200 Fashion-MNIST test images — what the
+  torchattacks cross-checks compare on. Fields: torch, ta (torchattacks), tm
+  (the PyTorch model, eval mode), fns, variables, split (uint8), x (float
+  [200, 28, 28, 1]), y."""
+  import types
+
+  import numpy as np
+  torch = pytest.importorskip("torch", reason="torch is not installed (pip "
+                              "install .[torch]); the cross-checks need it")
+  ta = pytest.importorskip("torchattacks", reason="torchattacks is not installed")
+  images_path = os.path.join(FMNIST_DIR, "t10k-images-idx3-ubyte.gz")
+  if not os.path.exists(images_path):
+    pytest.skip(f"Fashion-MNIST not found at {images_path} (apt-get install "
+                "dataset-fashion-mnist)")
+  from rift_jax import convert, torch_models
+  info = data.INFO["fashion_mnist"]
+  model = models.create_model("resnet18", num_classes=10, width=4,
+                              mean=info.mean, std=info.std)
+  variables = convert.import_checkpoint(FIXTURE, model, info.image_shape)
+  tm = torch_models.ResNet18(num_classes=10, width=4, in_channels=1,
+                             mean=info.mean, std=info.std)
+  tm.load_state_dict({k: torch.from_numpy(v) for k, v in
+                      convert.load_state_dict(FIXTURE).items()}, strict=True)
+  tm.eval()
+  images = data.read_idx(images_path)[:200, :, :, None]
+  labels = data.read_idx(os.path.join(
+      FMNIST_DIR, "t10k-labels-idx1-ubyte.gz"))[:200].astype(np.int32)
+  split = data.Split(images, labels)
+  return types.SimpleNamespace(torch=torch, ta=ta, tm=tm,
+                               fns=models.ModelFns(model), variables=variables,
+                               split=split, x=data.to_float(images), y=labels)
+
+
+def torch_robust_accuracy(r, attack, split=None) -> float:
+  """Robust accuracy of a torchattacks attack on `split` (default: the
+  fixture's images), counted as AutoAttack and our `run_suite` count it:
+  correct on the clean image AND on the attack's output."""
+  import numpy as np
+  torch = r.torch
+  split = split or r.split
+  x = torch.from_numpy(data.to_float(split.images).transpose(0, 3, 1, 2).copy())
+  y = torch.from_numpy(split.labels.astype(np.int64))
+  robust = []
+  for i in range(0, len(y), 250):
+    xb, yb = x[i:i + 250], y[i:i + 250]
+    xa = attack(xb, yb)
+    with torch.no_grad():
+      robust.append(((r.tm(xa).argmax(1) == yb) & (r.tm(xb).argmax(1) == yb)).numpy())
+  return 100.0 * np.concatenate(robust).mean()

@@ -1,6 +1,5 @@
 """APGD / AutoAttack-style evaluation: hand-worked values and exact optima."""
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +8,7 @@ import pytest
 
 from rift_jax import attacks, autoattack
 from rift_jax.errors import UserError
+from tests.conftest import torch_robust_accuracy
 
 
 def test_dlr_hand_values_and_invariance():
@@ -113,71 +113,15 @@ def test_config_and_class_checks():
     autoattack.Attack("t", autoattack.APGDConfig(loss="dlr_targeted")).runs(3)
   # Targets are the classes ranked 2nd, 3rd, ... by the clean logits.
   z = jnp.array([[0.1, 0.9, 0.5, 0.3]])
-  assert int(autoattack.target_classes(z, 2)[0]) == 2
-  assert int(autoattack.target_classes(z, 4)[0]) == 0
+  assert int(attacks.target_classes(z, 2)[0]) == 2
+  assert int(attacks.target_classes(z, 4)[0]) == 0
   runs = autoattack.Attack("t", autoattack.APGDConfig(
       loss="dlr_targeted", num_target_classes=9, restarts=2)).runs(4)
   assert runs == [(0, 2), (1, 2), (2, 3), (3, 3), (4, 4), (5, 4)]
 
 
 # ----------------------------------------------- cross-check vs torchattacks
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures",
-                       "fmnist_resnet18_w4_pgdat.safetensors")
-FMNIST_TEST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
-EPS, N_IMAGES = 0.1, 200
-
-
-@pytest.fixture(scope="module")
-def robust_pair():
-  """The committed fixture (a ResNet-18, width 4, PGD-AT on Fashion-MNIST at
-  ε = 0.1 with this project's launch/train, exported by rift_jax.convert; see
-  tests/fixtures/README.md) as our model and as a PyTorch model, plus the
-  first 200 Fashion-MNIST test images."""
-  torch = pytest.importorskip("torch", reason="torch is not installed (pip "
-                              "install .[torch]); the cross-checks need it")
-  torchattacks = pytest.importorskip("torchattacks",
-                                     reason="torchattacks is not installed")
-  if not os.path.exists(FMNIST_TEST):
-    pytest.skip(f"Fashion-MNIST not found at {FMNIST_TEST} (apt-get install "
-                "dataset-fashion-mnist)")
-  from tests import torch_reference
-  from rift_jax import convert, data, models
-  info = data.INFO["fashion_mnist"]
-  model = models.create_model("resnet18", num_classes=10, width=4,
-                              mean=info.mean, std=info.std)
-  variables = convert.import_checkpoint(FIXTURE, model, info.image_shape)
-  tm = torch_reference.ResNet18(num_classes=10, width=4, in_channels=1,
-                                mean=info.mean, std=info.std)
-  tm.load_state_dict({k: torch.from_numpy(v) for k, v in
-                      convert.load_state_dict(FIXTURE).items()}, strict=True)
-  tm.eval()
-  directory = os.path.dirname(FMNIST_TEST)
-  images = data.read_idx(FMNIST_TEST)[:N_IMAGES, :, :, None]
-  labels = data.read_idx(os.path.join(
-      directory, "t10k-labels-idx1-ubyte.gz"))[:N_IMAGES].astype(np.int32)
-  split = data.Split(images, labels)
-  return torch, torchattacks, tm, models.ModelFns(model), variables, split
-
-
-def _torch_robust(torch, tm, attack, split) -> float:
-  """Robust accuracy of a torchattacks attack, counted as AutoAttack (and
-  our run_suite) counts it: correct on the clean image AND on the attack's
-  output. (Counting only the output would credit examples that are wrong
-  clean but right after the attack: 1.6 pp on 250 images here.)"""
-  x = torch.from_numpy(data_float(split).transpose(0, 3, 1, 2))
-  y = torch.from_numpy(split.labels.astype(np.int64))
-  robust = []
-  for i in range(0, len(y), 250):
-    xb, yb = x[i:i + 250], y[i:i + 250]
-    xa = attack(xb, yb)
-    with torch.no_grad():
-      robust.append(((tm(xa).argmax(1) == yb) & (tm(xb).argmax(1) == yb)).numpy())
-  return 100.0 * np.concatenate(robust).mean()
-
-
-def data_float(split):
-  from rift_jax import data
-  return data.to_float(split.images)
+EPS = 0.1  # the fixture's threat model (tests/conftest.py: robust_pair)
 
 
 def _ours(fns, variables, split, attack):
@@ -189,10 +133,12 @@ def test_against_torchattacks_on_a_robust_model(robust_pair):
   """Same converted weights, same 200 images: clean, PGD-10, APGD-CE, APGD-T
   agree with torchattacks within 1 pp; APGD ≤ PGD-10 (+ noise); restarts
   never raise robust accuracy."""
-  torch, ta, tm, fns, variables, split = robust_pair
+  r = robust_pair
+  torch, ta, tm, fns, variables, split = (r.torch, r.ta, r.tm, r.fns,
+                                          r.variables, r.split)
   torch.manual_seed(0)
   ours_clean = _ours(fns, variables, split, None)["clean"]
-  x = torch.from_numpy(data_float(split).transpose(0, 3, 1, 2))
+  x = torch.from_numpy(r.x.transpose(0, 3, 1, 2).copy())
   with torch.no_grad():
     theirs_clean = 100.0 * (tm(x).argmax(1).numpy() == split.labels).mean()
   assert ours_clean == pytest.approx(theirs_clean, abs=0.21)
@@ -202,23 +148,22 @@ def test_against_torchattacks_on_a_robust_model(robust_pair):
                            init="zero", unroll=False)
   ours_pgd = _ours(fns, variables, split,
                    autoattack.Attack("pgd", pgd0))["robust"]["pgd"]
-  theirs_pgd = _torch_robust(torch, tm, ta.PGD(tm, eps=EPS, alpha=0.025,
-                                               steps=10, random_start=False),
-                             split)
+  theirs_pgd = torch_robust_accuracy(r, ta.PGD(tm, eps=EPS, alpha=0.025,
+                                               steps=10, random_start=False))
   assert 10 < ours_pgd < ours_clean - 5  # robust, and the attack matters
   assert abs(ours_pgd - theirs_pgd) <= 1.0
   # APGD-CE and APGD-T (10 steps; APGD-T over 3 target classes).
   ce = autoattack.APGDConfig(epsilon=EPS, num_steps=10, loss="ce", unroll=False)
   ours_ce = _ours(fns, variables, split, autoattack.Attack("ce", ce))
-  theirs_ce = _torch_robust(torch, tm, ta.APGD(tm, eps=EPS, steps=10,
-                                               loss="ce", seed=0), split)
+  theirs_ce = torch_robust_accuracy(r, ta.APGD(tm, eps=EPS, steps=10,
+                                              loss="ce", seed=0))
   assert abs(ours_ce["robust"]["ce"] - theirs_ce) <= 1.0
   tgt = dataclasses.replace(ce, loss="dlr_targeted", num_target_classes=3)
   ours_t = _ours(fns, variables, split,
                  autoattack.Attack("t", tgt))["robust"]["t"]
   # torchattacks attacks n_classes − 1 targets: n_classes=4 -> 3 targets.
-  theirs_t = _torch_robust(torch, tm, ta.APGDT(tm, eps=EPS, steps=10,
-                                               n_classes=4, seed=0), split)
+  theirs_t = torch_robust_accuracy(r, ta.APGDT(tm, eps=EPS, steps=10,
+                                               n_classes=4, seed=0))
   assert abs(ours_t - theirs_t) <= 1.0
   # APGD at least as strong as PGD-10 (noise allowance: 1 pp = 2 images).
   assert ours_ce["robust"]["ce"] <= ours_pgd + 1.0
@@ -227,7 +172,7 @@ def test_against_torchattacks_on_a_robust_model(robust_pair):
   # remove survivors (the compiled run is reused).
   two = _ours(fns, variables, split, autoattack.Attack(
       "ce", dataclasses.replace(ce, restarts=2)))
-  assert not np.any(np.array(two["robust_mask"]) & ~np.array(ours_ce["robust_mask"]))
+  assert not np.any(two["per_example"]["ce"] & ~ours_ce["per_example"]["ce"])
   print(f"\nclean {ours_clean:.2f}/{theirs_clean:.2f}  PGD-10 {ours_pgd:.2f}/"
         f"{theirs_pgd:.2f}  APGD-CE {ours_ce['robust']['ce']:.2f}/{theirs_ce:.2f}"
         f"  APGD-T {ours_t:.2f}/{theirs_t:.2f}  APGD-CE 2 restarts "

@@ -17,7 +17,8 @@ def _one_error_line(proc):
 
 
 @pytest.mark.parametrize("args,expect", [
-    (["--config.optim.lrr=0.1"], "lrr"),
+    (["--config.optim.lrr=0.1"],
+     "unknown key 'optim.lrr' in --config.optim.lrr; did you mean 'optim.lr'?"),
     (["--config.data.name=imagenet"], "data.name='imagenet' is not allowed"),
     (["--config.model.name=vgg"], "model.name='vgg' is not allowed"),
     (["--config.attack.epsilon=0.0"], "attack.epsilon=0.0 is outside"),
@@ -52,8 +53,11 @@ def test_train_unwritable_workdir_and_missing_data(tmp_path):
     (["--config.rift.tolerance=-0.5"], "rift.tolerance=-0.5"),
     (["--config.rift.at_checkpoint=/nonexistent/ckpt"], "/nonexistent/ckpt"),
     (["--config.rift.ood.corruptions=snowstorm"], "snowstorm"),
+    # A bad value in the last block fails before θ_AT is trained.
+    (["--config.rift.mrc.epsilon=-1"], "rift.mrc.epsilon=-1.0 is outside"),
+    (["--config.rift.test_attack.restarts=0"], "rift.test_attack.restarts=0"),
 ])
 def test_rift_bad_input(tmp_path, args, expect):
   proc = run_cli("launch.rift", TINY, f"--workdir={tmp_path}/w", *args)
   assert expect in _one_error_line(proc)
-  assert not os.path.exists(tmp_path / "w" / "results.json")
+  assert not os.path.exists(tmp_path / "w")  # nothing written, nothing trained

@@ -1,16 +1,16 @@
 """Every shipped config builds, is locked, and passes the RiFT checks."""
 import pytest
 
-from configs import paper, quickstart
-from rift_jax import pipeline
+from configs import (evaluate, methods_paper, paper, quickstart,
+                     quickstart_methods, study)
+from rift_jax import validation
 
 
 @pytest.mark.parametrize("variant", [f"{d},{m}" for d in paper.DATASETS
                                      for m in paper.MODELS] + ["cifar10,resnet18,trades"])
 def test_paper_configs_validate(variant):
   c = paper.get_config(variant)
-  pipeline.validate_rift_config(c)
-  pipeline._check_modules_early(c)  # builds the abstract model of that size
+  validation.validate_rift(c)  # every block, and the abstract model of that size
   assert c.rift.finetune.optim.lr == 1e-3 and c.rift.mrc.epsilon == 0.1
   assert c.attack.epsilon == pytest.approx(8 / 255)
   assert c.attack.step_size == pytest.approx(2 / 255)  # not the official 2/225 typo
@@ -20,9 +20,26 @@ def test_paper_configs_validate(variant):
 
 def test_quickstart_is_the_offline_default():
   c = quickstart.get_config()
-  pipeline.validate_rift_config(c)
+  validation.validate_rift(c)
   assert c.data.name == "fashion_mnist" and c.data.source == "debian"
   assert c.rift.ood.enabled
+
+
+def test_every_shipped_config_validates():
+  validation.validate_rift(study.get_config())
+  validation.validate_evaluate(evaluate.get_config("quickstart"))
+  for m in quickstart_methods.METHODS:
+    c = quickstart_methods.get_config(m)
+    if m in ("cure", "aft"):
+      c.init_from = ""   # the natural run does not exist here
+      with pytest.raises(Exception, match="init_from"):
+        validation.validate_train(c)
+    else:
+      validation.validate_train(c)
+  for m in methods_paper.METHODS:
+    c = methods_paper.get_config(m)
+    if m not in ("cure", "aft"):
+      validation.validate_train(c)
 
 
 def test_bad_variant_names_the_allowed_ones():

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rift_jax import attacks, checkpoint, models, objectives, train
+from rift_jax import attacks, checkpoint, models, objectives, schedules, train
+from rift_jax.errors import NonFiniteLoss
 from tests.configs import tiny
 
 
@@ -72,7 +73,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synt
   latest = os.path.join(wd, "checkpoints", "latest")
   before = sorted(os.listdir(latest))
   bad = _config(**{"optim.epochs": 2, "optim.lr": 1e30})
-  with pytest.raises(train.NonFiniteLoss, match="last good checkpoint is kept"):
+  with pytest.raises(NonFiniteLoss, match="last good checkpoint is kept"):
     train.train_and_evaluate(bad, wd, dataset=synthetic)
   assert sorted(os.listdir(latest)) == before
   meta = checkpoint.Checkpointer(latest).read_meta()
@@ -92,6 +93,6 @@ def test_piecewise_schedule_matches_the_paper_recipe():
   optim = ml_collections.ConfigDict(dict(lr=0.1, epochs=110, schedule="piecewise",
                                          lr_decay_epochs=(100, 105),
                                          lr_decay_factor=0.1))
-  s = train.make_schedule(optim, steps_per_epoch=10)
+  s = schedules.make_schedule(optim, steps_per_epoch=10)
   np.testing.assert_allclose([s(0), s(999), s(1000), s(1049), s(1050), s(1099)],
                              [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
