@@ -244,8 +244,9 @@ def pgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
 
 def keep_worst(best, x_adv, loss, fooled):
   """Restarts' per-example worst case: `best` (None or a previous
-  (x_adv, loss, fooled)) updated with one more run — an example keeps the
-  run that misclassifies it (the first such), else the highest loss.
+  (x_adv, loss, fooled)) updated with one more run — an example keeps a run
+  that misclassifies it (of several, the one with the highest loss), else
+  the highest-loss run.
   x_adv `[batch, ...]`, loss and fooled `[batch]`."""
   if best is None:
     return x_adv, loss, fooled

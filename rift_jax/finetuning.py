@@ -69,8 +69,10 @@ def candidate_modules(params, preset: str = "all") -> list[str]:
   names = models.perturbable_modules(params)
   if preset == "all":
     return list(names)
-  return [n for n, path in names.items()
-          if tuple(models.get_path(params, path).shape[:2]) == (3, 3)]
+  shapes = {n: tuple(models.get_path(params, path).shape)
+            for n, path in names.items()}
+  # 4-D: a Dense kernel [in 3, out 3] also starts with (3, 3).
+  return [n for n, s in shapes.items() if len(s) == 4 and s[:2] == (3, 3)]
 
 
 def target_modules(target: str, scores: dict, candidates: Sequence[str], k: int,

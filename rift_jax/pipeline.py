@@ -241,17 +241,32 @@ def paired(a: dict, b: dict, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------ driver
+# Keys added to the model / data blocks after runs were first written, at
+# the value that reproduces those runs: a workdir written before the key
+# existed resumes under the default.
+_ADDED_DEFAULTS = {"model": {"compute_dtype": "float32"}, "data": {}}
+
+
+def _check_same_run(old: dict, config, workdir: str) -> None:
+  """A workdir resumes only under the model and data it was started with."""
+  for block in ("model", "data"):
+    # As JSON reads them back (tuples become lists).
+    new = json.loads(json.dumps(config[block].to_dict()))
+    was = {**_ADDED_DEFAULTS[block], **old.get(block, {})}
+    for key in sorted(set(new) | set(was)):
+      if new.get(key) != was.get(key):
+        raise UserError(
+            f"workdir={workdir!r} holds a run with {block}.{key}="
+            f"{was.get(key)!r}, not {new.get(key)!r}; use a new --workdir")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole pipeline; returns results.json's content."""
   validation.validate_rift(config)
   workdir = wd.prepare(workdir)
   cfg_path = _path(workdir, "rift_config.json")
   if os.path.exists(cfg_path):
-    old = wd.read_json(cfg_path)
-    if old.get("model") != config.model.to_dict() or old.get("data") != json.loads(
-        json.dumps(config.data.to_dict())):
-      raise UserError(f"workdir={workdir!r} holds a run with another model or "
-                      "data config; use a new --workdir")
+    _check_same_run(wd.read_json(cfg_path), config, workdir)
   wd.write_json(cfg_path, config.to_dict())
   timer = wd.Timer(workdir)
   mesh = sharding.make_mesh()

@@ -131,8 +131,7 @@ def _ours(fns, variables, split, attack):
 
 def test_against_torchattacks_on_a_robust_model(robust_pair):
   """Same converted weights, same 200 images: clean, PGD-10, APGD-CE, APGD-T
-  agree with torchattacks within 1 pp; APGD ≤ PGD-10 (+ noise); restarts
-  never raise robust accuracy."""
+  agree with torchattacks within 1 pp; APGD ≤ PGD-10 (+ noise)."""
   r = robust_pair
   torch, ta, tm, fns, variables, split = (r.torch, r.ta, r.tm, r.fns,
                                           r.variables, r.split)
@@ -168,12 +167,8 @@ def test_against_torchattacks_on_a_robust_model(robust_pair):
   # APGD at least as strong as PGD-10 (noise allowance: 1 pp = 2 images).
   assert ours_ce["robust"]["ce"] <= ours_pgd + 1.0
   assert ours_t <= ours_pgd + 1.0
-  # Restarts never raise it: restart 0 is the same run, restart 1 can only
-  # remove survivors (the compiled run is reused).
-  two = _ours(fns, variables, split, autoattack.Attack(
-      "ce", dataclasses.replace(ce, restarts=2)))
-  assert not np.any(two["per_example"]["ce"] & ~ours_ce["per_example"]["ce"])
+  # (Restarts: tests/test_restarts.py. Here a second restart could only run
+  # on the survivors of the first, so "never worse" could not fail.)
   print(f"\nclean {ours_clean:.2f}/{theirs_clean:.2f}  PGD-10 {ours_pgd:.2f}/"
         f"{theirs_pgd:.2f}  APGD-CE {ours_ce['robust']['ce']:.2f}/{theirs_ce:.2f}"
-        f"  APGD-T {ours_t:.2f}/{theirs_t:.2f}  APGD-CE 2 restarts "
-        f"{two['robust']['ce']:.2f} (ours/torchattacks, %)")
+        f"  APGD-T {ours_t:.2f}/{theirs_t:.2f} (ours/torchattacks, %)")
