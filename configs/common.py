@@ -46,9 +46,14 @@ def base_config() -> ml_collections.ConfigDict:
   # input_normalization: how the model expects its inputs (rift_jax/config.py):
   # 'dataset' (mean/std of the data set, inside the model) | 'none' ([0, 1]
   # inputs, RobustBench) | ((mean, ...), (std, ...)).
+  # compute_dtype: 'float32' | 'bfloat16' (mixed precision for GPU/TPU:
+  # bfloat16 compute, float32 params, optimiser state, BatchNorm statistics,
+  # logits, losses and attack inputs; rift_jax/models.py). On CPU bfloat16
+  # is slower, not faster.
   c.model = ml_collections.ConfigDict(dict(name="resnet18", width=64,
                                            conv_impl="auto",
-                                           input_normalization="dataset"))
+                                           input_normalization="dataset",
+                                           compute_dtype="float32"))
   # natural | pgd_at | trades | mart | score | awp | cure | aft
   # (rift_jax.methods.METHODS); hyperparameters in the block named after it.
   c.method = "pgd_at"

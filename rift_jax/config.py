@@ -59,7 +59,8 @@ def build_model(config, info: data.DatasetInfo):
   mean, std = normalization(config, info)
   return models.create_model(config.model.name, num_classes=info.num_classes,
                              width=config.model.get("width"), mean=mean, std=std,
-                             conv_impl=config.model.get("conv_impl", "auto"))
+                             conv_impl=config.model.get("conv_impl", "auto"),
+                             dtype=config.model.get("compute_dtype", "float32"))
 
 
 def model_meta(config, info: data.DatasetInfo) -> dict:

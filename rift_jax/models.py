@@ -53,6 +53,21 @@ PyTorch code (DeepMind's JAX originals used decay 0.99 for training).
 Global average pooling replaces the PyTorch code's `avg_pool2d(out, 4|8)`:
 the same for 32x32 inputs, and also defined for 28x28.
 
+Mixed precision (`create_model(..., dtype='bfloat16')`, config
+`model.compute_dtype`; for GPUs and TPUs, as the Flax ImageNet example):
+every module computes in `dtype` while its params stay float32
+(`param_dtype`), so the optimiser state, checkpoints and converted PyTorch
+state_dicts are float32 whatever the compute dtype. The model normalises its
+float32 input in float32 and casts only then: the normalised image is
+centred at 0, where bfloat16 (relative precision 2^-8) resolves finer steps
+than at pixel values near 1, the subtraction of the mean is not rounded in
+bfloat16, and `x`, `x_adv`, the ε-ball projection and the input gradient
+(the cast's transpose returns it as float32) stay float32 in every attack.
+BatchNorm computes batch statistics in float32 and keeps float32 running
+statistics (only its output is `dtype`); the logits are cast to float32, so
+losses, softmaxes, attack objectives and accuracies are float32. With the
+default float32 every cast is a no-op and the program is unchanged.
+
 Convolutions use explicit PyTorch-style padding (1 for 3x3, 0 for 1x1) so a
 stride-2 convolution sees the same pixels as in PyTorch, and converted
 checkpoints give the same logits. The convolution layer and its CPU-friendly
@@ -78,8 +93,9 @@ def flax_name(torch_name: str) -> str:
   return torch_name.replace("_", "__").replace(".", "_")
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, impl: str):
-  return conv.Conv(features, kernel, stride, impl, name=name)
+def _conv(features: int, kernel: int, stride: int, name: str, impl: str,
+          dtype: Any = jnp.float32):
+  return conv.Conv(features, kernel, stride, impl, dtype, name=name)
 
 
 _ACTIVATIONS = {"relu": nn.relu, "swish": nn.swish}
@@ -93,12 +109,13 @@ class _SameConv(nn.Module):
   features: int
   stride: int = 1
   impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", conv.conv_init, (3, 3, x.shape[-1],
-                                                   self.features))
-    kernel = kernel.astype(x.dtype)
+                                                   self.features), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if self.stride == 1:
       return conv.conv2d(x, kernel, 1, 1, self.impl)
     if self.stride != 2:
@@ -107,10 +124,26 @@ class _SameConv(nn.Module):
     return conv.conv2d(x, kernel, 2, 0, self.impl)
 
 
-def _bn(train: bool, name: str):
+def _bn(train: bool, name: str, dtype: Any = jnp.float32):
   # momentum=0.9 here is PyTorch's momentum=0.1; eps matches PyTorch's 1e-5.
+  # Mixed precision: scale/bias params and the running statistics are
+  # float32, the batch statistics are computed in float32 (Flax promotes
+  # half-precision inputs), only the output is in `dtype`.
   return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, name=name)
+                      epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+                      name=name)
+
+
+def _to_compute(x, dtype):
+  """The model input, normalised in float32, to the compute dtype."""
+  return x.astype(dtype)
+
+
+def _head(num_classes: int, name: str, dtype, x):
+  """The linear head (float32 params, `dtype` compute); logits as float32,
+  so losses, softmaxes, attack objectives and accuracies are float32."""
+  return nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32,
+                  name=name)(x).astype(jnp.float32)
 
 
 class _Normalize(nn.Module):
@@ -128,18 +161,20 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = _conv(self.features, 3, self.stride, "conv1", self.conv_impl)(x)
-    out = nn.relu(_bn(train, "bn1")(out))
-    out = _conv(self.features, 3, 1, "conv2", self.conv_impl)(out)
-    out = _bn(train, "bn2")(out)
+    out = _conv(self.features, 3, self.stride, "conv1", self.conv_impl,
+                self.dtype)(x)
+    out = nn.relu(_bn(train, "bn1", self.dtype)(out))
+    out = _conv(self.features, 3, 1, "conv2", self.conv_impl, self.dtype)(out)
+    out = _bn(train, "bn2", self.dtype)(out)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = _conv(self.features, 1, self.stride, "shortcut_0",
-                       self.conv_impl)(x)
-      shortcut = _bn(train, "shortcut_1")(shortcut)
+                       self.conv_impl, self.dtype)(x)
+      shortcut = _bn(train, "shortcut_1", self.dtype)(shortcut)
     return nn.relu(out + shortcut)
 
 
@@ -153,17 +188,20 @@ class PreActBlock(nn.Module):
   stride: int = 1
   conv_impl: str = "auto"
   shortcut_from_input: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = nn.relu(_bn(train, "bn1")(x))
+    out = nn.relu(_bn(train, "bn1", self.dtype)(x))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = _conv(self.features, 1, self.stride, "shortcut_0",
-                       self.conv_impl)(x if self.shortcut_from_input else out)
-    out = _conv(self.features, 3, self.stride, "conv1", self.conv_impl)(out)
-    out = nn.relu(_bn(train, "bn2")(out))
-    out = _conv(self.features, 3, 1, "conv2", self.conv_impl)(out)
+                       self.conv_impl, self.dtype)(
+                           x if self.shortcut_from_input else out)
+    out = _conv(self.features, 3, self.stride, "conv1", self.conv_impl,
+                self.dtype)(out)
+    out = nn.relu(_bn(train, "bn2", self.dtype)(out))
+    out = _conv(self.features, 3, 1, "conv2", self.conv_impl, self.dtype)(out)
     return out + shortcut
 
 
@@ -182,27 +220,30 @@ class ResNet(nn.Module):
   conv_impl: str = "auto"
   final_bn: bool = True
   shortcut_from_input: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _Normalize(self.mean, self.std)(x)
-    x = _conv(self.width, 3, 1, "conv1", self.conv_impl)(x)
+    x = _to_compute(x, self.dtype)
+    x = _conv(self.width, 3, 1, "conv1", self.conv_impl, self.dtype)(x)
     if not self.preact:
-      x = nn.relu(_bn(train, "bn1")(x))
+      x = nn.relu(_bn(train, "bn1", self.dtype)(x))
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1
         name = f"layer{i + 1}_{j}"
         if self.preact:
           x = PreActBlock(self.width * 2**i, stride, self.conv_impl,
-                          self.shortcut_from_input, name=name)(x, train)
+                          self.shortcut_from_input, name=name,
+                          dtype=self.dtype)(x, train)
         else:
           x = BasicBlock(self.width * 2**i, stride, self.conv_impl,
-                         name=name)(x, train)
+                         name=name, dtype=self.dtype)(x, train)
     if self.preact and self.final_bn:
-      x = nn.relu(_bn(train, "bn")(x))
+      x = nn.relu(_bn(train, "bn", self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="linear")(x)
+    return _head(self.num_classes, "linear", self.dtype, x)
 
 
 class WideBasic(nn.Module):
@@ -210,17 +251,20 @@ class WideBasic(nn.Module):
   features: int
   stride: int
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     equal_in_out = x.shape[-1] == self.features and self.stride == 1
-    act = nn.relu(_bn(train, "bn1")(x))
-    out = _conv(self.features, 3, self.stride, "conv1", self.conv_impl)(act)
-    out = nn.relu(_bn(train, "bn2")(out))
-    out = _conv(self.features, 3, 1, "conv2", self.conv_impl)(out)
+    act = nn.relu(_bn(train, "bn1", self.dtype)(x))
+    out = _conv(self.features, 3, self.stride, "conv1", self.conv_impl,
+                self.dtype)(act)
+    out = nn.relu(_bn(train, "bn2", self.dtype)(out))
+    out = _conv(self.features, 3, 1, "conv2", self.conv_impl, self.dtype)(out)
     if equal_in_out:
       return x + out
-    shortcut = _conv(self.features, 1, self.stride, "convShortcut", self.conv_impl)
+    shortcut = _conv(self.features, 1, self.stride, "convShortcut",
+                     self.conv_impl, self.dtype)
     return shortcut(act) + out
 
 
@@ -229,12 +273,13 @@ class _WideGroup(nn.Module):
   num_blocks: int
   stride: int
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     for j in range(self.num_blocks):
       x = WideBasic(self.features, self.stride if j == 0 else 1, self.conv_impl,
-                    name=f"layer_{j}")(x, train)
+                    name=f"layer_{j}", dtype=self.dtype)(x, train)
     return x
 
 
@@ -247,19 +292,21 @@ class WideResNet(nn.Module):
   mean: Sequence[float] = (0.0,)
   std: Sequence[float] = (1.0,)
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     n = (self.depth - 4) // 6
     widths = [self.width * self.widen_factor * 2**i for i in range(3)]
     x = _Normalize(self.mean, self.std)(x)
-    x = _conv(self.width, 3, 1, "conv1", self.conv_impl)(x)
+    x = _to_compute(x, self.dtype)
+    x = _conv(self.width, 3, 1, "conv1", self.conv_impl, self.dtype)(x)
     for i, w in enumerate(widths):
       x = _WideGroup(w, n, 1 if i == 0 else 2, self.conv_impl,
-                     name=f"block{i + 1}")(x, train)
-    x = nn.relu(_bn(train, "bn1")(x))
+                     name=f"block{i + 1}", dtype=self.dtype)(x, train)
+    x = nn.relu(_bn(train, "bn1", self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="fc")(x)
+    return _head(self.num_classes, "fc", self.dtype, x)
 
 
 class DMBlock(nn.Module):
@@ -270,6 +317,7 @@ class DMBlock(nn.Module):
   stride: int
   activation: str = "swish"
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -277,14 +325,15 @@ class DMBlock(nn.Module):
     has_shortcut = x.shape[-1] != self.features
     if not has_shortcut and self.stride != 1:
       raise ValueError("a strided DeepMind WRN block needs a width change")
-    pre = act(_bn(train, flax_name("batchnorm_0"))(x))
+    pre = act(_bn(train, flax_name("batchnorm_0"), self.dtype)(x))
     out = _SameConv(self.features, self.stride, self.conv_impl,
-                    name=flax_name("conv_0"))(pre)
-    out = act(_bn(train, flax_name("batchnorm_1"))(out))
-    out = _conv(self.features, 3, 1, flax_name("conv_1"), self.conv_impl)(out)
+                    name=flax_name("conv_0"), dtype=self.dtype)(pre)
+    out = act(_bn(train, flax_name("batchnorm_1"), self.dtype)(out))
+    out = _conv(self.features, 3, 1, flax_name("conv_1"), self.conv_impl,
+                self.dtype)(out)
     if has_shortcut:
       return _conv(self.features, 1, self.stride, "shortcut",
-                   self.conv_impl)(pre) + out
+                   self.conv_impl, self.dtype)(pre) + out
     return x + out
 
 
@@ -294,12 +343,14 @@ class _DMGroup(nn.Module):
   stride: int
   activation: str = "swish"
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     for i in range(self.num_blocks):
       x = DMBlock(self.features, self.stride if i == 0 else 1, self.activation,
-                  self.conv_impl, name=flax_name(f"block.{i}"))(x, train)
+                  self.conv_impl, name=flax_name(f"block.{i}"),
+                  dtype=self.dtype)(x, train)
     return x
 
 
@@ -315,20 +366,23 @@ class DMWideResNet(nn.Module):
   mean: Sequence[float] = (0.0,)
   std: Sequence[float] = (1.0,)
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = _ACTIVATIONS[self.activation]
     n = (self.depth - 4) // 6
     x = _Normalize(self.mean, self.std)(x)
-    x = _conv(self.width, 3, 1, flax_name("init_conv"), self.conv_impl)(x)
+    x = _to_compute(x, self.dtype)
+    x = _conv(self.width, 3, 1, flax_name("init_conv"), self.conv_impl,
+              self.dtype)(x)
     for g in range(3):
       x = _DMGroup(self.width * self.widen_factor * 2**g, n, 1 if g == 0 else 2,
                    self.activation, self.conv_impl,
-                   name=flax_name(f"layer.{g}"))(x, train)
-    x = act(_bn(train, "batchnorm")(x))
+                   name=flax_name(f"layer.{g}"), dtype=self.dtype)(x, train)
+    x = act(_bn(train, "batchnorm", self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="logits")(x)
+    return _head(self.num_classes, "logits", self.dtype, x)
 
 
 class DMPreActBlock(nn.Module):
@@ -338,19 +392,21 @@ class DMPreActBlock(nn.Module):
   stride: int
   activation: str = "swish"
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     act = _ACTIVATIONS[self.activation]
-    out = act(_bn(train, flax_name("batchnorm_0"))(x))
+    out = act(_bn(train, flax_name("batchnorm_0"), self.dtype)(x))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = _SameConv(self.features, self.stride, self.conv_impl,
-                           name="shortcut")(x)
+                           name="shortcut", dtype=self.dtype)(x)
     out = _SameConv(self.features, self.stride, self.conv_impl,
-                    name=flax_name("conv_2d_1"))(out)
-    out = act(_bn(train, flax_name("batchnorm_1"))(out))
-    out = _conv(self.features, 3, 1, flax_name("conv_2d_2"), self.conv_impl)(out)
+                    name=flax_name("conv_2d_1"), dtype=self.dtype)(out)
+    out = act(_bn(train, flax_name("batchnorm_1"), self.dtype)(out))
+    out = _conv(self.features, 3, 1, flax_name("conv_2d_2"), self.conv_impl,
+                self.dtype)(out)
     return out + shortcut
 
 
@@ -364,20 +420,24 @@ class DMPreActResNet(nn.Module):
   mean: Sequence[float] = (0.0,)
   std: Sequence[float] = (1.0,)
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = _ACTIVATIONS[self.activation]
     x = _Normalize(self.mean, self.std)(x)
-    x = _conv(self.width, 3, 1, flax_name("conv_2d"), self.conv_impl)(x)
+    x = _to_compute(x, self.dtype)
+    x = _conv(self.width, 3, 1, flax_name("conv_2d"), self.conv_impl,
+              self.dtype)(x)
     for k, n in enumerate(self.stage_sizes):
       for i in range(n):
         x = DMPreActBlock(self.width * 2**k, 2 if (k > 0 and i == 0) else 1,
                           self.activation, self.conv_impl,
-                          name=flax_name(f"layer_{k}.{i}"))(x, train)
-    x = act(_bn(train, "batchnorm")(x))
+                          name=flax_name(f"layer_{k}.{i}"),
+                          dtype=self.dtype)(x, train)
+    x = act(_bn(train, "batchnorm", self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="logits")(x)
+    return _head(self.num_classes, "logits", self.dtype, x)
 
 
 class SmallCNN(nn.Module):
@@ -387,17 +447,23 @@ class SmallCNN(nn.Module):
   mean: Sequence[float] = (0.0,)
   std: Sequence[float] = (1.0,)
   conv_impl: str = "auto"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _Normalize(self.mean, self.std)(x)
+    x = _to_compute(x, self.dtype)
     for i in range(3):
       x = _conv(self.width * 2**i, 3, 1 if i == 0 else 2, f"conv{i + 1}",
-                self.conv_impl)(x)
-      x = nn.relu(_bn(train, f"bn{i + 1}")(x))
+                self.conv_impl, self.dtype)(x)
+      x = nn.relu(_bn(train, f"bn{i + 1}", self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="linear")(x)
+    return _head(self.num_classes, "linear", self.dtype, x)
 
+
+# `model.compute_dtype`: float32 (the default, bit-identical to the code
+# without mixed precision) or bfloat16 compute with float32 params.
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # The fixed names; `wrn<depth>_<k>` and `dm_wrn<depth>_<k>` are accepted for
 # every depth = 6n + 4 and k >= 1 (RobustBench has 28-4 ... 106-16).
@@ -424,18 +490,19 @@ def check_name(name: str) -> None:
 
 def create_model(name: str, *, num_classes: int, width: int | None = None,
                  mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
-                 conv_impl: str = "auto") -> nn.Module:
+                 conv_impl: str = "auto", dtype: Any = "float32") -> nn.Module:
   """Builds a model by name (see the module docstring for the architectures).
 
   `width` is the first convolution's width (ResNets 64, WRNs 16, DeepMind
   PreAct 64, CNN 16). `conv_impl`: see `rift_jax.conv` ('xla' where
-  forward-mode autodiff is needed).
+  forward-mode autodiff is needed). `dtype`: the compute dtype, one of
+  `COMPUTE_DTYPES` (a name or a dtype); see "Mixed precision" above.
   """
   check_name(name)
   check_range("model.num_classes", num_classes, 2)
   check_choice("model.conv_impl", conv_impl, conv.IMPLS)
   kw = dict(num_classes=num_classes, mean=tuple(mean), std=tuple(std),
-            conv_impl=conv_impl)
+            conv_impl=conv_impl, dtype=compute_dtype(dtype))
   if width is not None:
     check_range("model.width", width, 1)
     kw["width"] = int(width)
@@ -453,6 +520,19 @@ def create_model(name: str, *, num_classes: int, width: int | None = None,
   if name.startswith("dm_preact_resnet"):
     return DMPreActResNet(STAGE_SIZES[name[-2:]], **kw)
   return SmallCNN(**kw)
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+  """'float32' | 'bfloat16' (or the dtypes themselves) -> the jnp dtype;
+  anything else is a UserError naming `model.compute_dtype`."""
+  name = dtype
+  if not isinstance(dtype, str):
+    try:
+      name = jnp.dtype(dtype).name
+    except TypeError:
+      pass
+  check_choice("model.compute_dtype", name, COMPUTE_DTYPES)
+  return jnp.dtype(name)
 
 
 def init_variables(model: nn.Module, rng: jax.Array, input_shape: Sequence[int]

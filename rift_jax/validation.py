@@ -50,6 +50,8 @@ def validate_common(config) -> None:
     check_range("model.width", int(m.width), 1)
   from rift_jax import conv
   check_choice("model.conv_impl", m.get("conv_impl", "auto"), conv.IMPLS)
+  check_choice("model.compute_dtype", m.get("compute_dtype", "float32"),
+               models.COMPUTE_DTYPES)
   config_lib.normalization(config, data.INFO[d.name])
   check_range("eval.batch_size", int(config.eval.batch_size), 1)
   attacks.PGDConfig.from_config(config.eval.attack, "eval.attack")
