@@ -399,13 +399,23 @@ def load_sets(ood, split: data.Split, *, data_dir: str, workdir: str, seed: int,
 # ---------------------------------------------------------------- reports
 def correctness_table(sets: Sets, correct_fn: Callable[[data.Split], np.ndarray],
                       progress: bool = True) -> dict[str, dict[int, np.ndarray]]:
-  """Applies `correct_fn(split) -> bool [n]` to every set:
-  {corruption: {severity: bool [n]}}."""
-  from tqdm.auto import tqdm
+  """`correct_fn(split) -> bool [n]` over every set: {corruption: {severity:
+  bool [n]}}. All sets go through ONE call on their concatenation, so an
+  evaluation pays for full batches instead of padding each small set (the
+  demo's 95 sets of 200 images at batch 500 were 60 % padding)."""
+  del progress  # one call: its own progress bar, if any
   cells = [(n, s) for n, by_sev in sets.items() for s in by_sev]
+  if not cells:
+    return {}
+  splits = [sets[n][s] for n, s in cells]
+  ok = np.asarray(correct_fn(data.Split(
+      np.concatenate([sp.images for sp in splits]),
+      np.concatenate([sp.labels for sp in splits]))), bool)
   out: dict[str, dict[int, np.ndarray]] = {n: {} for n in sets}
-  for n, s in tqdm(cells, desc="corruptions", disable=not progress, leave=False):
-    out[n][s] = np.asarray(correct_fn(sets[n][s]), bool)
+  start = 0
+  for (n, s), sp in zip(cells, splits):
+    out[n][s] = ok[start:start + len(sp)]
+    start += len(sp)
   return out
 
 

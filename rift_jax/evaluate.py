@@ -79,15 +79,18 @@ class Batches:
             for size in self.sizes()]
 
   def __iter__(self):
-    if self._kept:
+    if self._kept is not None and len(self._kept) == len(self):
       yield from self._kept
       return
+    kept = [] if self._kept is not None else None
     rows = sharding.process_rows(self.mesh, self.batch_size)
     for x, y, _ in data.eval_batches(self.split, self.batch_size, rows):
       batch = sharding.shard_batch(self.mesh, x, y)
-      if self._kept is not None:
-        self._kept.append(batch)
+      if kept is not None:
+        kept.append(batch)
       yield batch
+    if kept is not None:  # only a complete pass is kept
+      self._kept = kept
 
 
 def per_example(fn: Callable, batches: Batches, consts: Sequence[Any] = (),

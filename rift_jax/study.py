@@ -66,12 +66,19 @@ def seed_config(config, seed: int) -> ml_collections.ConfigDict:
   return c
 
 
-def variant_config(config, seed: int, name: str, at_dir: str
-                   ) -> ml_collections.ConfigDict:
-  """Seed `seed`'s config with variant `name`, starting from its θ_AT."""
+def variant_config(config, seed: int, name: str, at_dir: str,
+                   lr: float | None = None) -> ml_collections.ConfigDict:
+  """Seed `seed`'s config with variant `name`, starting from its θ_AT.
+
+  `lr`: the fine-tuning lr that seed's main run chose on validation; given,
+  the variant fine-tunes at that lr alone instead of repeating the sweep
+  (one thing changes, at half the cost of a sweep of two)."""
   check_choice("study.variants entry", name, tuple(VARIANTS))
   c = seed_config(config, seed)
   c.rift.at_checkpoint = at_dir
+  if lr is not None:
+    c.rift.finetune.optim.lr = float(lr)
+    c.rift.finetune.lr_sweep = ()
   for key, value in VARIANTS[name].items():
     if key == "rift.finetune.lr_scale":
       c.rift.finetune.optim.lr = float(c.rift.finetune.optim.lr) * value
@@ -125,7 +132,9 @@ def run(config, workdir: str, seeds) -> dict:
       print(f"=== seed {s}, variant {name} ===")
       vdir = os.path.join(main, "variants", name)
       _reuse(main, vdir)
-      pipeline.run(variant_config(config, s, name, os.path.join(main, "at")), vdir)
+      chosen = wd.read_json(os.path.join(main, "results.json"))["lr"]
+      pipeline.run(variant_config(config, s, name, os.path.join(main, "at"),
+                                  lr=chosen), vdir)
   return aggregate(workdir, seeds, config)
 
 

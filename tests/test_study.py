@@ -68,3 +68,13 @@ def test_variant_configs_change_one_thing():
   assert study.variant_config(c, 0, "conv3x3", "x").rift.finetune.candidates == "conv3x3"
   assert study.variant_config(c, 0, "frozen_bn", "x").rift.finetune.update_batch_stats is False
   assert study.seed_config(c, 2).data.to_dict() == c.data.to_dict()
+
+
+def test_variant_fine_tunes_at_the_main_runs_chosen_lr():
+  from tests.configs import tiny_study
+  c = tiny_study.get_config()
+  v = study.variant_config(c, 0, "conv3x3", "x", lr=0.02)
+  assert v.rift.finetune.optim.lr == pytest.approx(0.02)
+  assert tuple(v.rift.finetune.lr_sweep) == ()
+  v = study.variant_config(c, 0, "lr_x10", "x", lr=0.02)
+  assert v.rift.finetune.optim.lr == pytest.approx(0.2)
