@@ -288,7 +288,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for lr in lrs:
       optim = ml_collections.ConfigDict(r.finetune.optim.to_dict())
       optim.lr = float(lr)
-      run_name = name if len(lrs) == 1 else f"{name}_lr{lr:g}"
+      # A sweep's runs are named by their lr (a sweep of one included, so a
+      # sweep cut down to the lrs already run resumes them).
+      run_name = f"{name}_lr{lr:g}" if r.finetune.lr_sweep else name
       theta_ft, ft_info, curve = stage_finetune_and_interpolate(
           config, workdir, run_name, fns, theta_at, modules, dataset, mesh,
           timer, optim)
