@@ -39,11 +39,14 @@ def test_versions_are_the_references():
   assert runs == [(0, 2), (1, 2), (2, 3), (3, 3), (4, 4), (5, 4)]
 
 
+@pytest.mark.slow
 def test_suite_agrees_with_torchattacks_autoattack(robust_pair):
   """APGD-CE → APGD-T → FAB-T → Square on the survivors, ours and
   torchattacks' (MultiAttack of the same four attacks, each on the images
   the previous ones left robust), same 200 images and ε, reduced budgets on
-  both sides: robust accuracy after the whole suite within 1 pp."""
+  both sides: robust accuracy after the whole suite within 1 pp.
+  `pytest -m slow` (about 2 minutes; each attack's own torchattacks
+  cross-check runs in `make test`)."""
   r = robust_pair
   eps = 0.1
   ours_suite = [
