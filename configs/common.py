@@ -120,7 +120,7 @@ def rift_config() -> ml_collections.ConfigDict:
   r.finetune = ml_collections.ConfigDict(dict(
       # non_robust_critical (RiFT) | robust_critical | all | last | topk | modules
       target="non_robust_critical", k=1, modules=(),
-      # the modules a target picks from: all (paper) | conv3x3 (3x3 convs only)
+      # the modules a target picks from: all (paper) | conv3x3 (3x3 block convs, no stem)
       candidates="all",
       update_batch_stats=True,  # official code: BN statistics follow clean data
       # random crop + flip while fine-tuning: match θ's training recipe

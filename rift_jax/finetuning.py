@@ -64,15 +64,19 @@ def default_optim() -> ml_collections.ConfigDict:
 
 def candidate_modules(params, preset: str = "all") -> list[str]:
   """Modules a target may pick from: every Conv/Dense kernel ('all') or the
-  3×3 convolutions only ('conv3x3'), in network order."""
+  3×3 convolutions inside the network ('conv3x3': not the stem, the 1×1
+  shortcuts or the head), in network order."""
   check_choice("rift.finetune.candidates", preset, CANDIDATES)
   names = models.perturbable_modules(params)
   if preset == "all":
     return list(names)
   shapes = {n: tuple(models.get_path(params, path).shape)
             for n, path in names.items()}
-  # 4-D: a Dense kernel [in 3, out 3] also starts with (3, 3).
-  return [n for n, s in shapes.items() if len(s) == 4 and s[:2] == (3, 3)]
+  # 4-D: a Dense kernel [in 3, out 3] also starts with (3, 3). The stem (the
+  # first convolution, reading the image) is left out even when it is 3×3,
+  # as on CIFAR ResNets: the paper's chosen modules are block convolutions.
+  convs = [n for n, s in shapes.items() if len(s) == 4]
+  return [n for n in convs[1:] if shapes[n][:2] == (3, 3)]
 
 
 def target_modules(target: str, scores: dict, candidates: Sequence[str], k: int,

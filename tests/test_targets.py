@@ -40,6 +40,10 @@ def test_candidate_presets():
   assert finetuning.candidate_modules(_params(), "conv3x3") == CONV3
   with pytest.raises(UserError, match="candidates='conv5x5'"):
     finetuning.candidate_modules(_params(), "conv5x5")
+  # A 3×3 stem (CIFAR ResNets) is still the stem: left out.
+  p = _params()
+  p["conv1"] = {"kernel": jnp.zeros((3, 3, 1, 4))}
+  assert finetuning.candidate_modules(p, "conv3x3") == CONV3
 
 
 @pytest.mark.parametrize("candidates,target,k,want", [
