@@ -10,6 +10,9 @@ TEST_STAMP := $(VENV)/.installed-test-$(HASH)
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 export FASHION_MNIST_DIR
+# pytest-xdist workers for `make test` (compilation is single-threaded, so two
+# workers keep both cores of a small machine busy).
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install install-test data clean
 
@@ -22,8 +25,14 @@ $(BASE_STAMP): setup.cfg pyproject.toml | $(PY)
 	rm -f $(VENV)/.installed-base-*
 	touch $@
 
+# The cross-checks run PyTorch on the CPU, so a CPU build of torch is enough:
+# where pip's find-links folder holds one for this Python, install it rather
+# than the multi-GB CUDA build from PyPI (override: make test TORCH_WHEEL=).
+PYTAG := $(shell python3 -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+TORCH_WHEEL ?= $(lastword $(sort $(wildcard /opt/wheels/torch-*+cpu-$(PYTAG)-*.whl)))
+
 $(TEST_STAMP): $(BASE_STAMP)
-	$(PIP) install -q -e '.[test,torch]'
+	$(PIP) install -q -e '.[test,torch]' $(TORCH_WHEEL)
 	rm -f $(VENV)/.installed-test-*
 	touch $@
 
@@ -40,7 +49,7 @@ demo: install data
 
 test: install-test
 	@bash scripts/ensure_data.sh || echo "(the torchattacks cross-checks need Fashion-MNIST and will be skipped)"
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) runs
