@@ -43,7 +43,10 @@ def get_config(arg: str = "quickstart"):
       pgd=ml_collections.ConfigDict(dict(
           num_steps=10, step_size=float(a.step_size), restarts=3)),
       apgd=ml_collections.ConfigDict(dict(
-          num_steps=100, restarts=1, num_target_classes=9, unroll="auto")),
+          num_steps=100, restarts=1, num_target_classes=9, unroll="auto",
+          # APGD steps per compiled program ('auto': 10 on CPU, where the
+          # loop is unrolled; all in one rolled program on GPU/TPU).
+          steps_per_call="auto")),
       # AutoAttack (and the fab / fab_t / square entries): the version, a
       # subset of its attacks ('' = all, e.g. 'apgd_ce,apgd_t,fab_t,square'),
       # APGD/FAB iterations, target classes, Square queries, EOT calls (rand).

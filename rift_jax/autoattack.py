@@ -98,6 +98,10 @@ class APGDConfig:
   momentum: float = 0.75
   eot_iter: int = 1            # >1: gradient averaged over calls (EOT)
   unroll: bool | int | str = "auto"
+  # Steps per compiled program when `run_suite` runs the attack: the host
+  # loops over programs of this many steps (0 = all steps in one program).
+  # 'auto': `CPU_STEPS_PER_CALL` on CPU, 0 elsewhere (`resolve_steps_per_call`).
+  steps_per_call: int | str = "auto"
 
   def validate(self, prefix: str = "apgd") -> "APGDConfig":
     check_range(f"{prefix}.epsilon", self.epsilon, 0.0, 1.0, low_open=True)
@@ -109,7 +113,34 @@ class APGDConfig:
     check_range(f"{prefix}.eot_iter", self.eot_iter, 1)
     check_choice(f"{prefix}.norm", self.norm, attacks.NORMS)
     check_choice(f"{prefix}.loss", self.loss, APGD_LOSSES)
+    if not (self.steps_per_call == "auto" or (
+        isinstance(self.steps_per_call, int)
+        and not isinstance(self.steps_per_call, bool)
+        and self.steps_per_call >= 0)):
+      raise UserError(f"{prefix}.steps_per_call={self.steps_per_call!r} is not "
+                      "allowed; use 'auto' or an integer >= 0 (0 = all steps "
+                      "in one compiled program)")
     return self
+
+
+# Loop form on XLA:CPU, measured 2026-12-01 (ResNet-18 width 8, 28x28x1,
+# batch 500, APGD-CE, jax 0.10.2, 2 cores, quiet): a rolled loop (or one
+# unrolled by a factor, 5) runs 1.19-1.23 s per step, because the
+# convolutions inside a while-loop body miss XLA:CPU's fast library path; a
+# fully unrolled loop runs 0.30-0.33 s per step but its compile time grows
+# with the steps (20 steps 14.8 s, 50 steps 42 s; 100 steps did not finish
+# compiling in 7 min on a shared machine). So on CPU `run_suite` runs APGD as
+# a host loop over one compiled, fully unrolled program of this many steps
+# (compiled once per attack and batch shape, a few seconds), at the unrolled
+# speed; on GPU/TPU the whole rolled loop is one program.
+CPU_STEPS_PER_CALL = 10
+
+
+def resolve_steps_per_call(steps_per_call) -> int:
+  """'auto' -> `CPU_STEPS_PER_CALL` on CPU, 0 (one program) elsewhere."""
+  if steps_per_call == "auto":
+    return CPU_STEPS_PER_CALL if jax.default_backend() == "cpu" else 0
+  return int(steps_per_call)
 
 
 def _loss(cfg: APGDConfig, logits, y, y_target):
@@ -130,24 +161,52 @@ def _step_direction(g, norm):
 
 
 # ------------------------------------------------------------- one run
-def apgd_run(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
-             y: jax.Array, rng: jax.Array, cfg: APGDConfig,
-             y_target: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """One APGD run from a random start (traceable; call inside `jax.jit`).
+def _loss_and_grad(logits_fn, cfg: APGDConfig, y, y_target):
+  """xa -> (per-example loss, misclassified, input gradient) (EOT-averaged)."""
+  def total(z):
+    logits = logits_fn(z)
+    per = _loss(cfg, logits, y, y_target)
+    return jnp.sum(per), (per, logits)
 
-  Args:
-    logits_fn: `[batch, H, W, C] -> [batch, classes]`.
-    x: clean images in [0, 1] `[batch, H, W, C]`; y: labels `[batch]`.
-    rng: key for the random start.
-    cfg: settings; y_target `[batch]` is needed by 'dlr_targeted'.
+  def loss_and_grad(xa):
+    (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(xa)
+    for _ in range(cfg.eot_iter - 1):  # expectation over the model's randomness
+      (_, (p2, _)), g2 = jax.value_and_grad(total, has_aux=True)(xa)
+      per, g = per + p2, g + g2
+    per, g = per / cfg.eot_iter, g / cfg.eot_iter
+    return per, jnp.argmax(logits, -1) != y, g
+  return loss_and_grad
 
-  Returns:
-    (x_adv, fooled): `x_adv` is the last misclassified iterate where one was
-    found, else the highest-loss point x_max; `fooled` `[batch]` bool says
-    whether any iterate (the start included) was misclassified.
-  """
+
+def apgd_init(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+              y: jax.Array, rng: jax.Array, cfg: APGDConfig,
+              y_target: jax.Array | None = None) -> dict:
+  """The search state at the random start x_0 (before step 1): a dict of
+  `[batch, ...]` arrays (iterate, previous iterate, gradient, loss, step
+  size, best point, last fooling point, checkpoint counters)."""
   eps, norm = cfg.epsilon, cfg.norm
-  unroll = attacks.resolve_unroll(cfg.unroll)
+  x0 = attacks.project(attacks.random_init(rng, x, eps, norm, "uniform", 0.0),
+                       x, eps, norm)
+  loss0, fooled0, g0 = _loss_and_grad(logits_fn, cfg, y, y_target)(x0)
+  b = x.shape[0]
+  return dict(
+      x=x0, x_prev=x0, grad=g0, loss=loss0,
+      step=jnp.full((b,), 2.0 * eps, x.dtype),
+      x_best=x0, grad_best=g0, loss_best=loss0,
+      x_adv=x0, fooled=fooled0,
+      n_increase=jnp.zeros((b,), jnp.int32),
+      reduced_last=jnp.ones((b,), bool), loss_best_last=loss0)
+
+
+def apgd_steps(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+               y: jax.Array, state: dict, cfg: APGDConfig,
+               y_target: jax.Array | None = None, start: int | jax.Array = 0,
+               count: int | None = None, unroll: bool | int = 1) -> dict:
+  """Steps `start + 1 … start + count` of APGD from `state` (traceable;
+  `start` may be traced, `count` is static; default: all `cfg.num_steps`).
+  Runs of consecutive calls equal one call over all steps."""
+  eps, norm = cfg.epsilon, cfg.norm
+  count = cfg.num_steps if count is None else count
   checks = checkpoint_schedule(cfg.num_steps)
   # Static tables indexed by the step counter: is step i+1 a checkpoint, and
   # how long was the interval that ends there.
@@ -157,32 +216,10 @@ def apgd_run(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
     is_check[w - 1] = True
     interval[w - 1] = w - (checks[j - 1] if j else 0)
   is_check, interval = jnp.asarray(is_check), jnp.asarray(interval)
+  loss_and_grad = _loss_and_grad(logits_fn, cfg, y, y_target)
 
-  def loss_and_grad(xa):
-    def total(z):
-      logits = logits_fn(z)
-      per = _loss(cfg, logits, y, y_target)
-      return jnp.sum(per), (per, logits)
-    (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(xa)
-    for _ in range(cfg.eot_iter - 1):  # expectation over the model's randomness
-      (_, (p2, _)), g2 = jax.value_and_grad(total, has_aux=True)(xa)
-      per, g = per + p2, g + g2
-    per, g = per / cfg.eot_iter, g / cfg.eot_iter
-    return per, jnp.argmax(logits, -1) != y, g
-
-  x0 = attacks.project(attacks.random_init(rng, x, eps, norm, "uniform", 0.0),
-                       x, eps, norm)
-  loss0, fooled0, g0 = loss_and_grad(x0)
-  b = x.shape[0]
-  state = dict(
-      x=x0, x_prev=x0, grad=g0, loss=loss0,
-      step=jnp.full((b,), 2.0 * eps, x.dtype),
-      x_best=x0, grad_best=g0, loss_best=loss0,
-      x_adv=x0, fooled=fooled0,
-      n_increase=jnp.zeros((b,), jnp.int32),
-      reduced_last=jnp.ones((b,), bool), loss_best_last=loss0)
-
-  def body(i, s):
+  def body(k, s):
+    i = start + k
     a = jnp.where(i == 0, 1.0, cfg.momentum).astype(x.dtype)
     z = attacks.project(s["x"] + _bcast(s["step"], x)
                         * _step_direction(s["grad"], norm), x, eps, norm)
@@ -209,9 +246,37 @@ def apgd_run(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
         reduced_last=jnp.where(is_check[i], halve, s["reduced_last"]),
         loss_best_last=jnp.where(is_check[i], loss_best, s["loss_best_last"]))
 
-  s = jax.lax.fori_loop(0, cfg.num_steps, body, state, unroll=unroll)
-  x_adv = jnp.where(_bcast(s["fooled"], x), s["x_adv"], s["x_best"])
-  return jax.lax.stop_gradient(x_adv), s["fooled"]
+  return jax.lax.fori_loop(0, count, body, state, unroll=unroll)
+
+
+def apgd_result(state: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(x_adv, fooled) of a finished search: the last misclassified iterate
+  where one was found, else the highest-loss point x_max."""
+  x_adv = jnp.where(_bcast(state["fooled"], x), state["x_adv"], state["x_best"])
+  return jax.lax.stop_gradient(x_adv), state["fooled"]
+
+
+def apgd_run(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+             y: jax.Array, rng: jax.Array, cfg: APGDConfig,
+             y_target: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """One APGD run from a random start (traceable; call inside `jax.jit`):
+  `apgd_init`, all steps in one loop (`cfg.unroll`), `apgd_result`.
+
+  Args:
+    logits_fn: `[batch, H, W, C] -> [batch, classes]`.
+    x: clean images in [0, 1] `[batch, H, W, C]`; y: labels `[batch]`.
+    rng: key for the random start.
+    cfg: settings; y_target `[batch]` is needed by 'dlr_targeted'.
+
+  Returns:
+    (x_adv, fooled): `x_adv` is the last misclassified iterate where one was
+    found, else the highest-loss point x_max; `fooled` `[batch]` bool says
+    whether any iterate (the start included) was misclassified.
+  """
+  state = apgd_init(logits_fn, x, y, rng, cfg, y_target)
+  state = apgd_steps(logits_fn, x, y, state, cfg, y_target,
+                     unroll=attacks.resolve_unroll(cfg.unroll))
+  return apgd_result(state, x)
 
 
 def apgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
@@ -288,6 +353,7 @@ def autoattack_suite(version: str = "standard", epsilon: float = 8 / 255,
                      num_steps: int = 100, num_target_classes: int = 9,
                      square_queries: int = 5000, eot_iter: int = 20,
                      restarts: int | None = None, unroll="auto",
+                     steps_per_call="auto",
                      prefix: str = "autoattack") -> list[Attack]:
   """AutoAttack (Croce & Hein, ICML 2020) as a suite for `run_suite`.
 
@@ -298,7 +364,8 @@ def autoattack_suite(version: str = "standard", epsilon: float = 8 / 255,
   APGD-CE and APGD-DLR with the gradient averaged over `eot_iter` calls
   (expectation over transformations). APGD and FAB run `num_steps`
   iterations. `names` keeps a subset, in the version's order; `restarts`
-  replaces the version's restarts of every attack.
+  replaces the version's restarts of every attack; `unroll` and
+  `steps_per_call` set APGD's loop form (`APGDConfig`).
   """
   check_choice(f"{prefix}.version", version, VERSIONS)
   plan = _VERSION_ATTACKS[version]
@@ -315,6 +382,7 @@ def autoattack_suite(version: str = "standard", epsilon: float = 8 / 255,
       loss = {"apgd_ce": "ce", "apgd_dlr": "dlr", "apgd_t": "dlr_targeted"}[name]
       cfg = APGDConfig(loss=loss, num_steps=num_steps, eot_iter=eot,
                        num_target_classes=num_target_classes, unroll=unroll,
+                       steps_per_call=steps_per_call,
                        **kw).validate(f"{prefix}.{name}")
     elif name.startswith("fab"):
       cfg = fab.FABConfig(num_steps=num_steps, targeted=name == "fab_t",
@@ -335,10 +403,20 @@ def standard_attacks(epsilon: float = 8 / 255, norm: str = "linf",
 
 @functools.lru_cache(maxsize=None)
 def _compiled_run(fns, cfg, restarts: int) -> Callable:
-  """jit of one run `(variables, rank, r, x, y, key) -> fooled [batch]`: the
+  """One run `(variables, rank, r, x, y, key) -> fooled [batch]`: the
   target rank and the run index are arguments, so one compiled run serves
   every restart and target (`cfg` has restarts = 1; `restarts` is the
-  attack's own count, which decides FAB's random starts)."""
+  attack's own count, which decides FAB's random starts). A jit of the
+  whole run, or for APGD with `steps_per_call` > 0 a host loop over
+  compiled pieces (`_apgd_in_pieces`)."""
+  if isinstance(cfg, APGDConfig):
+    per_call = resolve_steps_per_call(cfg.steps_per_call)
+    if 0 < per_call < cfg.num_steps:
+      return _apgd_in_pieces(fns, cfg, per_call)
+  if isinstance(cfg, square.SquareConfig):
+    per_call = square.resolve_queries_per_call(cfg.queries_per_call)
+    if per_call > 0:
+      return _square_in_pieces(fns, cfg, per_call)
 
   def run(variables, rank, r, x, y, key):
     logits_fn = lambda xa: fns.logits(variables, xa, train=False)
@@ -359,6 +437,63 @@ def _compiled_run(fns, cfg, restarts: int) -> Callable:
     return jnp.argmax(logits_fn(x_adv), -1) != y
 
   return jax.jit(run)
+
+
+def _apgd_in_pieces(fns, cfg: APGDConfig, per_call: int) -> Callable:
+  """APGD as a host loop: a compiled start (clean logits, target, x_0), a
+  compiled piece of `per_call` steps (`cfg.unroll`: unrolled on CPU; the
+  step counter is an argument, so one program serves every piece; a shorter
+  last piece compiles once more) and a compiled end (x_adv and AutoAttack's
+  re-check). The same numbers as one program over all steps."""
+  unroll = attacks.resolve_unroll(cfg.unroll)
+  targeted = cfg.loss == "dlr_targeted"
+
+  def logits_fn(variables):
+    return lambda xa: fns.logits(variables, xa, train=False)
+
+  @jax.jit
+  def start(variables, rank, x, y, key):
+    y_t = attacks.target_classes(logits_fn(variables)(x), rank)
+    return apgd_init(logits_fn(variables), x, y, key, cfg,
+                     y_t if targeted else None), y_t
+
+  @functools.partial(jax.jit, static_argnums=6, donate_argnums=4)
+  def piece(variables, x, y, y_t, state, first, count):
+    return apgd_steps(logits_fn(variables), x, y, state, cfg,
+                      y_t if targeted else None, start=first, count=count,
+                      unroll=unroll)
+
+  @jax.jit
+  def end(variables, x, y, state):
+    x_adv, _ = apgd_result(state, x)
+    return jnp.argmax(logits_fn(variables)(x_adv), -1) != y
+
+  def run(variables, rank, r, x, y, key):
+    del r  # APGD's restarts differ only by their key
+    state, y_t = start(variables, rank, x, y, key)
+    for first in range(0, cfg.num_steps, per_call):
+      count = min(per_call, cfg.num_steps - first)
+      state = piece(variables, x, y, y_t, state, jnp.int32(first), count)
+    return end(variables, x, y, state)
+
+  return run
+
+
+def _square_in_pieces(fns, cfg, per_call: int) -> Callable:
+  """Square as `square.square_pieces` (a host loop over compiled pieces of
+  queries), then AutoAttack's re-check of the returned point."""
+  logits_fn_of = lambda variables: (
+      lambda xa: fns.logits(variables, xa, train=False))
+  search = square.square_pieces(logits_fn_of, cfg, per_call)
+  check = jax.jit(lambda variables, x_adv, y: jnp.argmax(
+      fns.logits(variables, x_adv, train=False), -1) != y)
+
+  def run(variables, rank, r, x, y, key):
+    del rank, r
+    x_adv, _, _ = search(variables, x, y, key)
+    return check(variables, x_adv, y)
+
+  return run
 
 
 def _single_run(cfg):

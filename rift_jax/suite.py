@@ -45,6 +45,11 @@ def parse(text: str) -> list[str]:
   return entries
 
 
+def _steps_per_call(apgd_block):
+  """evaluate.apgd.steps_per_call ('auto' when a saved config predates it)."""
+  return apgd_block.get("steps_per_call", "auto")
+
+
 def attacks_for(entry: str, ev) -> list[autoattack.Attack]:
   """The attacks one suite entry runs, in order (config -> Attack list)."""
   check_range("evaluate.epsilon", float(ev.epsilon), 0.0, 1.0, low_open=True)
@@ -66,10 +71,12 @@ def attacks_for(entry: str, ev) -> list[autoattack.Attack]:
         num_steps=int(aa.num_steps), num_target_classes=int(aa.num_target_classes),
         square_queries=int(aa.square_queries), eot_iter=int(aa.eot_iter),
         restarts=None if entry == "autoattack" else 1, unroll=ev.apgd.unroll,
+        steps_per_call=_steps_per_call(ev.apgd),
         prefix="evaluate.autoattack")
   a = ev.apgd
   kw = dict(epsilon=eps, norm=norm, num_steps=int(a.num_steps),
-            restarts=int(a.restarts), unroll=a.unroll)
+            restarts=int(a.restarts), unroll=a.unroll,
+            steps_per_call=_steps_per_call(a))
   loss = {"apgd_ce": "ce", "apgd_dlr": "dlr", "apgd_t": "dlr_targeted"}[entry]
   cfg = autoattack.APGDConfig(loss=loss, num_target_classes=int(
       a.num_target_classes), **kw).validate(f"evaluate.{entry}")

@@ -3,20 +3,22 @@ import os
 import subprocess
 import sys
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Many tests compile the same small programs (train step, evaluator) in new
+# closures or in the launchers they start as subprocesses; JAX's persistent
+# compilation cache, set through the environment so that every subprocess
+# (and every pytest-xdist worker) shares it, makes the repeats cheap.
+# (tests/test_benchmark.py takes it out: the benchmark measures compilation.)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(REPO, ".pytest_cache", "jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from rift_jax import data, models  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Many tests compile the same small programs (train step, evaluator) in new
-# closures; XLA's persistent cache makes the repeats cheap.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(REPO, ".pytest_cache", "jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture(scope="session")

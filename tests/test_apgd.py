@@ -120,6 +120,47 @@ def test_config_and_class_checks():
   assert runs == [(0, 2), (1, 2), (2, 3), (3, 3), (4, 4), (5, 4)]
 
 
+def test_apgd_in_pieces_equals_one_program(synthetic, tiny_cnn):
+  """The host loop over compiled pieces of steps (`steps_per_call`, CPU's
+  default) gives the same search as one program over all steps: the same
+  state after 4 + 4 + 2 steps as after 10 (checkpoints fall inside and on
+  the piece boundaries), and the same per-example results in `run_suite`."""
+  from rift_jax import models
+  model, variables = tiny_cnn
+  fns = models.ModelFns(model)
+  logits_fn = lambda z: fns.logits(variables, z, train=False)
+  x = jnp.asarray(synthetic.test.images[:64], jnp.float32) / 255
+  y = jnp.asarray(synthetic.test.labels[:64])
+  cfg = autoattack.APGDConfig(epsilon=0.1, num_steps=10, unroll=False)
+  assert set(autoattack.checkpoint_schedule(10)) >= {4, 8}
+  key = jax.random.PRNGKey(3)
+  whole = jax.jit(lambda: autoattack.apgd_steps(
+      logits_fn, x, y, autoattack.apgd_init(logits_fn, x, y, key, cfg), cfg))()
+  state = start = jax.jit(lambda: autoattack.apgd_init(logits_fn, x, y, key, cfg))()
+  step = jax.jit(lambda s, first, count: autoattack.apgd_steps(
+      logits_fn, x, y, s, cfg, start=first, count=count), static_argnums=2)
+  for first, count in ((0, 4), (4, 4), (8, 2)):
+    state = step(state, jnp.int32(first), count)
+  for k in whole:
+    np.testing.assert_array_equal(np.asarray(state[k]), np.asarray(whole[k]), k)
+  # A non-trivial search: the best loss rose, the step size was halved.
+  assert float(np.mean(whole["loss_best"] > start["loss"])) > 0.5
+  assert float(np.min(whole["step"])) < float(np.max(start["step"]))
+
+  def suite(per_call):
+    attack = autoattack.Attack("apgd_t", autoattack.APGDConfig(
+        epsilon=0.1, num_steps=10, loss="dlr_targeted", num_target_classes=3,
+        unroll=False, steps_per_call=per_call))
+    return autoattack.run_suite(fns, variables, synthetic.test, [attack], 64,
+                                jax.random.PRNGKey(0), progress=False)
+  one, pieces = suite(0), suite(4)
+  np.testing.assert_array_equal(one["per_example"]["apgd_t"],
+                                pieces["per_example"]["apgd_t"])
+  assert one["robust"]["apgd_t"] <= one["clean"]
+  with pytest.raises(UserError, match="steps_per_call=-1"):
+    autoattack.APGDConfig(steps_per_call=-1).validate()
+
+
 # ----------------------------------------------- cross-check vs torchattacks
 EPS = 0.1  # the fixture's threat model (tests/conftest.py: robust_pair)
 

@@ -14,6 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
 ENV.pop("XLA_FLAGS", None)
+ENV.pop("JAX_COMPILATION_CACHE_DIR", None)  # it measures compilation
 
 REQUIRED = ("pgd_speedup_vs_torch", "at_step_speedup_vs_torch",
             "pgd_flops_fraction_of_peak", "at_step_compile_s",

@@ -2,6 +2,7 @@
 torchattacks' own code given the same random draws, the exact optimum of a
 linear model, monotone loss, reproducibility, and torchattacks' Square on
 the committed robust fixture."""
+import dataclasses
 import os
 
 import jax
@@ -231,6 +232,29 @@ def test_seeded_early_exit_and_query_counts():
       x, y, jax.random.PRNGKey(0))
   fooled2 = np.argmax(logits_fn(x2), -1) != y
   assert np.all(fooled2 >= fooled_now)
+
+
+def test_pieces_on_the_host_equal_one_while_loop():
+  """CPU's default form (`queries_per_call`: a host loop over unrolled
+  pieces, early exit between them) returns what the one compiled
+  while_loop returns: points, success, query counts; a last piece shorter
+  than the others; and an early exit when everything is broken."""
+  x, y, logits_fn, g = _linear_two_class((8, 8, 1), n=32, seed=3)
+  margin0 = np.sum(g * x.reshape(len(x), -1), 1)
+  eps = float(np.median(margin0 / np.abs(g).sum(1)))
+  cfg = square.SquareConfig(epsilon=eps, num_queries=47)
+  key = jax.random.PRNGKey(0)
+  whole = jax.jit(lambda x, y, k: square.square_run(logits_fn, x, y, k, cfg))(
+      x, y, key)
+  pieces = square.square_pieces(lambda _: logits_fn, cfg, 10)(None, x, y, key)
+  for u, v in zip(whole, pieces):
+    np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+  assert 0 < np.mean(whole[1]) < 1 and int(np.max(whole[2])) == 48
+  _, fooled, queries = square.square_pieces(lambda _: logits_fn, dataclasses.replace(
+      cfg, epsilon=1e-4), 10)(None, x, 1 - y, key)
+  assert np.all(fooled) and np.all(np.asarray(queries) == 1)
+  with pytest.raises(UserError, match="queries_per_call=-2"):
+    square.SquareConfig(queries_per_call=-2).validate()
 
 
 def test_config_checks():
