@@ -83,14 +83,16 @@ is the time after compilation; PyTorch runs once. Both robust accuracies
 are recorded (clean-correct AND still correct after the suite; they
 should agree within ~1 pp), with per-attack seconds on both sides.
 What bounds the speed: APGD-CE and APGD-T are one forward + backward per
-step (APGD-T: × targets × steps on the survivors), and on XLA:CPU the
-loop is unrolled (`--aa_unroll`, 'auto'), which costs compile time that
-grows with the steps; FAB-T adds per step a forward, and a projection that
+step (APGD-T: × targets × steps on the survivors); on XLA:CPU they run as
+a host loop over one compiled, unrolled 10-step program (`--aa_unroll`
+'auto' and `autoattack.CPU_STEPS_PER_CALL`: unrolled steps run ~4× faster
+than rolled ones there, and one piece compiles in seconds); FAB-T adds per
+step a forward, and a projection that
 sorts the d = H·W·C breakpoints of every example, so it is the most
 expensive per step; Square is bounded by the per-query cost of one forward
 of the whole (padded) batch, queries being strictly sequential — ours
-evaluates the padded batch every query, torchattacks only the examples
-not yet broken. Every attack runs on fixed-size padded batches of the
+evaluates the padded batch every query (in 20-query unrolled pieces on
+CPU), torchattacks only the examples not yet broken. Every attack runs on fixed-size padded batches of the
 survivors, so a survivor count just above a multiple of `--aa_batch_size`
 wastes up to a batch.
 

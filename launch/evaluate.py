@@ -37,7 +37,8 @@ def main():
     raise UserError("give one of --checkpoint and --torch_checkpoint")
   path = FLAGS.checkpoint or FLAGS.torch_checkpoint
   validation.check_checkpoint(config, path)
-  out = common.workdir_flag("the results")
+  # Created (and probed for writing) before any work: results are never lost.
+  out = workdir.prepare(common.workdir_flag("the results"))
   dataset = data.load(config.data)
   model = config_lib.build_model(config, dataset.info)
   variables, source = checkpoint.load_model_variables(

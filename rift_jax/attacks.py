@@ -24,7 +24,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from rift_jax.errors import check_choice, check_range
+from rift_jax.errors import UserError, check_choice, check_range
 
 NORMS = ("linf", "l2")
 INITS = ("uniform", "normal", "zero")
@@ -150,6 +150,36 @@ def resolve_unroll(unroll) -> bool | int:
   if unroll == "auto":
     return jax.default_backend() == "cpu"
   return unroll
+
+
+# Loop form of the evaluation attacks on XLA:CPU, measured 2026-12-01
+# (ResNet-18 width 8, 28x28x1, jax 0.10.2, 2 cores, quiet). APGD-CE, batch
+# 500: a rolled loop (or one unrolled by a factor, 5) runs 1.19-1.23 s per
+# step, because the convolutions inside a while-loop body miss XLA:CPU's
+# fast library path; a fully unrolled loop runs 0.30-0.33 s per step but
+# its compile time grows with the steps (20 steps 14.8 s, 50 steps 42 s;
+# 100 steps did not finish compiling in 7 min on a shared machine). FAB-T,
+# batch 200: rolled 0.67 s per step, unrolled 0.26 s. So on CPU
+# `autoattack.run_suite` runs APGD and FAB as a host loop over one compiled,
+# fully unrolled program of this many steps (compiled once per attack and
+# batch shape, in seconds), at the unrolled speed; on GPU/TPU the whole
+# rolled loop is one program.
+CPU_STEPS_PER_CALL = 10
+
+
+def check_per_call(label: str, value) -> None:
+  """'auto' or an integer >= 0 (0 = all in one compiled program)."""
+  if not (value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                              and value >= 0)):
+    raise UserError(f"{label}={value!r} is not allowed; use 'auto' or an "
+                    "integer >= 0 (0 = all in one compiled program)")
+
+
+def resolve_steps_per_call(steps_per_call) -> int:
+  """'auto' -> `CPU_STEPS_PER_CALL` on CPU, 0 (one program) elsewhere."""
+  if steps_per_call == "auto":
+    return CPU_STEPS_PER_CALL if jax.default_backend() == "cpu" else 0
+  return int(steps_per_call)
 
 
 def target_classes(clean_logits: jax.Array, rank: int | jax.Array) -> jax.Array:

@@ -100,7 +100,7 @@ class APGDConfig:
   unroll: bool | int | str = "auto"
   # Steps per compiled program when `run_suite` runs the attack: the host
   # loops over programs of this many steps (0 = all steps in one program).
-  # 'auto': `CPU_STEPS_PER_CALL` on CPU, 0 elsewhere (`resolve_steps_per_call`).
+  # 'auto': `attacks.CPU_STEPS_PER_CALL` on CPU, 0 elsewhere.
   steps_per_call: int | str = "auto"
 
   def validate(self, prefix: str = "apgd") -> "APGDConfig":
@@ -113,34 +113,8 @@ class APGDConfig:
     check_range(f"{prefix}.eot_iter", self.eot_iter, 1)
     check_choice(f"{prefix}.norm", self.norm, attacks.NORMS)
     check_choice(f"{prefix}.loss", self.loss, APGD_LOSSES)
-    if not (self.steps_per_call == "auto" or (
-        isinstance(self.steps_per_call, int)
-        and not isinstance(self.steps_per_call, bool)
-        and self.steps_per_call >= 0)):
-      raise UserError(f"{prefix}.steps_per_call={self.steps_per_call!r} is not "
-                      "allowed; use 'auto' or an integer >= 0 (0 = all steps "
-                      "in one compiled program)")
+    attacks.check_per_call(f"{prefix}.steps_per_call", self.steps_per_call)
     return self
-
-
-# Loop form on XLA:CPU, measured 2026-12-01 (ResNet-18 width 8, 28x28x1,
-# batch 500, APGD-CE, jax 0.10.2, 2 cores, quiet): a rolled loop (or one
-# unrolled by a factor, 5) runs 1.19-1.23 s per step, because the
-# convolutions inside a while-loop body miss XLA:CPU's fast library path; a
-# fully unrolled loop runs 0.30-0.33 s per step but its compile time grows
-# with the steps (20 steps 14.8 s, 50 steps 42 s; 100 steps did not finish
-# compiling in 7 min on a shared machine). So on CPU `run_suite` runs APGD as
-# a host loop over one compiled, fully unrolled program of this many steps
-# (compiled once per attack and batch shape, a few seconds), at the unrolled
-# speed; on GPU/TPU the whole rolled loop is one program.
-CPU_STEPS_PER_CALL = 10
-
-
-def resolve_steps_per_call(steps_per_call) -> int:
-  """'auto' -> `CPU_STEPS_PER_CALL` on CPU, 0 (one program) elsewhere."""
-  if steps_per_call == "auto":
-    return CPU_STEPS_PER_CALL if jax.default_backend() == "cpu" else 0
-  return int(steps_per_call)
 
 
 def _loss(cfg: APGDConfig, logits, y, y_target):
@@ -410,9 +384,13 @@ def _compiled_run(fns, cfg, restarts: int) -> Callable:
   whole run, or for APGD with `steps_per_call` > 0 a host loop over
   compiled pieces (`_apgd_in_pieces`)."""
   if isinstance(cfg, APGDConfig):
-    per_call = resolve_steps_per_call(cfg.steps_per_call)
+    per_call = attacks.resolve_steps_per_call(cfg.steps_per_call)
     if 0 < per_call < cfg.num_steps:
       return _apgd_in_pieces(fns, cfg, per_call)
+  if isinstance(cfg, fab.FABConfig):
+    per_call = attacks.resolve_steps_per_call(cfg.steps_per_call)
+    if 0 < per_call < cfg.num_steps:
+      return _fab_in_pieces(fns, cfg, restarts, per_call)
   if isinstance(cfg, square.SquareConfig):
     per_call = square.resolve_queries_per_call(cfg.queries_per_call)
     if per_call > 0:
@@ -474,6 +452,44 @@ def _apgd_in_pieces(fns, cfg: APGDConfig, per_call: int) -> Callable:
     for first in range(0, cfg.num_steps, per_call):
       count = min(per_call, cfg.num_steps - first)
       state = piece(variables, x, y, y_t, state, jnp.int32(first), count)
+    return end(variables, x, y, state)
+
+  return run
+
+
+def _fab_in_pieces(fns, cfg, restarts: int, per_call: int) -> Callable:
+  """FAB as a host loop over compiled pieces of `per_call` steps (as
+  `_apgd_in_pieces`; FAB's iteration does not depend on its index)."""
+  # Each piece is short: unrolled unless the config says otherwise.
+  unroll = True if cfg.unroll == "auto" else cfg.unroll
+
+  def logits_fn(variables):
+    return lambda xa: fns.logits(variables, xa, train=False)
+
+  @jax.jit
+  def start(variables, rank, r, x, y, key):
+    y_t = attacks.target_classes(logits_fn(variables)(x), rank)
+    state = fab.fab_init(logits_fn(variables), x, y, key, cfg,
+                         random_start=r % restarts > 0)
+    return state, y_t
+
+  @functools.partial(jax.jit, static_argnums=5, donate_argnums=4)
+  def piece(variables, x, y, y_t, state, count):
+    return fab.fab_steps(logits_fn(variables), x, y, state, cfg,
+                         y_t if cfg.targeted else None, count=count,
+                         unroll=unroll)
+
+  @jax.jit
+  def end(variables, x, y, state):
+    _, x_best, best = state
+    x_adv, _ = fab.fab_result(x, x_best, best, cfg)
+    return jnp.argmax(logits_fn(variables)(x_adv), -1) != y
+
+  def run(variables, rank, r, x, y, key):
+    state, y_t = start(variables, rank, r, x, y, key)
+    for first in range(0, cfg.num_steps, per_call):
+      state = piece(variables, x, y, y_t, state,
+                    min(per_call, cfg.num_steps - first))
     return end(variables, x, y, state)
 
   return run

@@ -44,21 +44,17 @@ Cost per iteration: one forward + one backward per class (untargeted; the
 Jacobian of all logits, as `jax.vmap` over vector-Jacobian products) or one
 backward (FAB-T), plus one forward for the adversarial test.
 
-Loop form (`FABConfig.unroll`), measured 2026-11 on XLA:CPU, 2 cores shared
-with other jobs (load 6-8, so ±30 % noise; A/B runs interleaved in one
-process), jax 0.10.2, FAB-T L∞:
-  - torchattacks cross-check model (ResNet-18 width 4, 28x28x1), batch 250,
-    20 steps: unroll 1 / 5 / 10 compile 14 / 34 / 57 s, run 19.2 / 18.6 /
-    19.4 s; 10 steps, rolled vs fully unrolled: compile 15 vs 43 s, run 13.6
-    vs 12.8 s (and 14.4 vs 14.5 s). 100 steps rolled: compile 17 s, run
-    ~115 s (1.15 s per step: forward + backward + forward).
-  - ResNet-18 width 16 (batch 64, 5 steps) and width 64 (batch 32, 3 steps),
-    rolled vs fully unrolled: run 1.44 vs 1.46 s and 4.91 vs 5.00 s.
-Unrolling buys nothing measurable here (FAB's loop body is dominated by
-its per-iteration gradient and projection work, not by the convolutions'
-while-loop penalty that `attacks.resolve_unroll` works around for PGD) and
-compile time grows with it, so 'auto' keeps the loop rolled on every
-backend.
+Loop form. Measured 2026-12-01 on XLA:CPU (quiet, 2 cores, jax 0.10.2,
+ResNet-18 width 8, 28x28x1, batch 200, FAB-T): 0.67 s per step in a rolled
+loop, 0.26 s in a 10-step unrolled program (the convolutions of the
+gradient and check passes miss XLA:CPU's fast library path inside a loop
+body, as for APGD: `attacks.CPU_STEPS_PER_CALL`). So `autoattack.run_suite`
+runs FAB on CPU as a host loop over one compiled 10-step unrolled program
+(`FABConfig.steps_per_call`); `fab_search` / `fab` traced inside a caller's
+jit keep one loop (`unroll`, 'auto' = rolled, whose compile time does not
+grow with the steps). (An earlier note here found no gain from unrolling;
+its A/B compared `unroll=1` with `unroll=True`, which compare equal as
+dataclass fields, so a cached program may have served both.)
 
 Speed against torchattacks 3.5.1 (PyTorch eager, 2 threads), same machine
 and load, the 126 clean-correct images of the first 250 test images (ours
@@ -177,6 +173,10 @@ class FABConfig:
   targeted: bool = False
   num_target_classes: int = 9
   unroll: bool | int | str = "auto"
+  # Steps per compiled program when `autoattack.run_suite` runs the attack
+  # (0 = all in one): 'auto' = `attacks.CPU_STEPS_PER_CALL` unrolled steps
+  # per program on CPU (a host loop over them), 0 elsewhere.
+  steps_per_call: int | str = "auto"
 
   def validate(self, prefix: str = "fab") -> "FABConfig":
     check_choice(f"{prefix}.norm", self.norm, attacks.NORMS)
@@ -193,6 +193,7 @@ class FABConfig:
         isinstance(self.unroll, int) and self.unroll >= 1)):
       raise UserError(f"{prefix}.unroll={self.unroll!r} is not allowed; use "
                       "'auto', True, False or a positive int")
+    attacks.check_per_call(f"{prefix}.steps_per_call", self.steps_per_call)
     return self
 
 
@@ -267,34 +268,32 @@ def _target_boundary(logits_fn, z, y, y_target):
 
 
 # ------------------------------------------------------------- one run
-def fab_search(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
-               y: jax.Array, rng: jax.Array, cfg: FABConfig,
-               y_target: jax.Array | None = None,
-               random_start: bool | jax.Array = False
-               ) -> tuple[jax.Array, jax.Array]:
-  """FAB as a minimum-norm attack: one run (traceable; call inside `jax.jit`).
+def fab_init(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+             y: jax.Array, rng: jax.Array, cfg: FABConfig,
+             random_start: bool | jax.Array = False) -> tuple:
+  """The search state before step 1: (x_k, x_best, best_norm), images
+  flattened `[batch, d]`; best_norm is 0 where x is already misclassified,
+  else +inf."""
+  b = x.shape[0]
+  x_start = jnp.where(random_start,
+                      random_start_point(rng, x, cfg.epsilon, cfg.norm),
+                      x).reshape(b, -1)
+  clean_wrong = jnp.argmax(logits_fn(x), axis=-1) != y
+  best0 = jnp.where(clean_wrong, 0.0, jnp.inf).astype(x.dtype)
+  return x_start, x.reshape(b, -1), best0
 
-  Args:
-    logits_fn: `[batch, H, W, C] -> [batch, classes]`.
-    x: clean images in [0, 1] `[batch, H, W, C]`; y: labels `[batch]`.
-    rng: key for the random start; cfg: settings (`cfg.epsilon` sets the
-      random start's radius only).
-    y_target: `[batch]` target classes (FAB-T) or None (untargeted).
-    random_start: start at `random_start_point(...)` instead of x (a Python
-      or traced bool: restart 0 and later restarts share one compilation).
 
-  Returns:
-    (x_best, best_norm): the misclassified point of smallest norm found
-    `[batch, H, W, C]` (x where none) and its distance ‖x_best − x‖ `[batch]`
-    (+inf where none, 0 where x itself is misclassified).
-  """
+def fab_steps(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+              y: jax.Array, state: tuple, cfg: FABConfig,
+              y_target: jax.Array | None = None, count: int | None = None,
+              unroll: bool | int = 1) -> tuple:
+  """`count` FAB iterations from `state` (default `cfg.num_steps`;
+  traceable). The iteration does not depend on its index, so consecutive
+  calls equal one call over all steps."""
   norm = cfg.norm
   b = x.shape[0]
   x0 = x.reshape(b, -1)
   unflat = lambda v: v.reshape(x.shape)
-  x_start = jnp.where(random_start,
-                      random_start_point(rng, x, cfg.epsilon, norm),
-                      x).reshape(b, -1)
 
   def linearise(z):
     if y_target is None:
@@ -322,12 +321,45 @@ def fab_search(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
     xk = jnp.where(adv[:, None], x0 + cfg.beta * (x_new - x0), x_new)
     return xk, x_best, best
 
-  clean_wrong = jnp.argmax(logits_fn(x), axis=-1) != y
-  best0 = jnp.where(clean_wrong, 0.0, jnp.inf).astype(x.dtype)
-  _, x_best, best = jax.lax.fori_loop(
-      0, cfg.num_steps, body, (x_start, x0, best0),
-      unroll=resolve_unroll(cfg.unroll))
-  return jax.lax.stop_gradient(unflat(x_best)), best
+  count = cfg.num_steps if count is None else count
+  return jax.lax.fori_loop(0, count, body, tuple(state), unroll=unroll)
+
+
+def fab_search(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+               y: jax.Array, rng: jax.Array, cfg: FABConfig,
+               y_target: jax.Array | None = None,
+               random_start: bool | jax.Array = False
+               ) -> tuple[jax.Array, jax.Array]:
+  """FAB as a minimum-norm attack: one run (traceable; call inside `jax.jit`):
+  `fab_init`, all steps in one loop (`cfg.unroll`).
+
+  Args:
+    logits_fn: `[batch, H, W, C] -> [batch, classes]`.
+    x: clean images in [0, 1] `[batch, H, W, C]`; y: labels `[batch]`.
+    rng: key for the random start; cfg: settings (`cfg.epsilon` sets the
+      random start's radius only).
+    y_target: `[batch]` target classes (FAB-T) or None (untargeted).
+    random_start: start at `random_start_point(...)` instead of x (a Python
+      or traced bool: restart 0 and later restarts share one compilation).
+
+  Returns:
+    (x_best, best_norm): the misclassified point of smallest norm found
+    `[batch, H, W, C]` (x where none) and its distance ‖x_best − x‖ `[batch]`
+    (+inf where none, 0 where x itself is misclassified).
+  """
+  state = fab_init(logits_fn, x, y, rng, cfg, random_start)
+  _, x_best, best = fab_steps(logits_fn, x, y, state, cfg, y_target,
+                              unroll=resolve_unroll(cfg.unroll))
+  return jax.lax.stop_gradient(x_best.reshape(x.shape)), best
+
+
+def fab_result(x: jax.Array, x_best: jax.Array, best: jax.Array,
+               cfg: FABConfig) -> tuple[jax.Array, jax.Array]:
+  """(x_adv, fooled) at radius ε from a search's (x_best, best_norm)."""
+  fooled = best <= cfg.epsilon
+  x_adv = jnp.where(fooled.reshape((-1,) + (1,) * (x.ndim - 1)),
+                    x_best.reshape(x.shape), x)
+  return jax.lax.stop_gradient(x_adv), fooled
 
 
 def fab_run(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
@@ -345,9 +377,7 @@ def fab_run(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
     (the smallest found), x elsewhere.
   """
   x_best, best = fab_search(logits_fn, x, y, rng, cfg, y_target, random_start)
-  fooled = best <= cfg.epsilon
-  x_adv = jnp.where(fooled.reshape((-1,) + (1,) * (x.ndim - 1)), x_best, x)
-  return x_adv, fooled
+  return fab_result(x, x_best, best, cfg)
 
 
 # ------------------------------------------------------- runs and all

@@ -110,13 +110,7 @@ class SquareConfig:
     check_choice(f"{prefix}.rescale_schedule", self.rescale_schedule,
                  (False, True))
     check_choice(f"{prefix}.loss", self.loss, SQUARE_LOSSES)
-    if not (self.queries_per_call == "auto" or (
-        isinstance(self.queries_per_call, int)
-        and not isinstance(self.queries_per_call, bool)
-        and self.queries_per_call >= 0)):
-      raise UserError(f"{prefix}.queries_per_call={self.queries_per_call!r} is "
-                      "not allowed; use 'auto' or an integer >= 0 (0 = one "
-                      "compiled while_loop)")
+    attacks.check_per_call(f"{prefix}.queries_per_call", self.queries_per_call)
     return self
 
 
@@ -124,7 +118,7 @@ class SquareConfig:
 # batch 500, jax 0.10.2, 2 cores, quiet): a query inside a compiled
 # while/fori loop 165 ms, in straight-line (unrolled) code 121 ms — the
 # forward pass's convolutions miss XLA:CPU's fast library path inside a
-# loop body (as APGD's, `autoattack.CPU_STEPS_PER_CALL`). So on CPU the
+# loop body (as APGD's and FAB's, `attacks.CPU_STEPS_PER_CALL`). So on CPU the
 # suite runs Square as a host loop over unrolled programs of this many
 # queries.
 CPU_QUERIES_PER_CALL = 20

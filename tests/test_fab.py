@@ -246,6 +246,41 @@ def test_fab_runs_restarts_and_wrapper():
   assert fooled.mean() > 0.3
 
 
+def test_pieces_on_the_host_equal_one_loop(synthetic, tiny_cnn):
+  """CPU's default form in `run_suite` (a host loop over compiled 4-step
+  pieces, the last one shorter) finds what one loop over all 10 steps
+  finds: the same search state, the same per-example results, restarts
+  with random starts included."""
+  from rift_jax import autoattack, models
+  model, variables = tiny_cnn
+  fns = models.ModelFns(model)
+  logits_fn = lambda z: fns.logits(variables, z, train=False)
+  x = jnp.asarray(synthetic.test.images[:32], jnp.float32) / 255
+  y = jnp.asarray(synthetic.test.labels[:32])
+  cfg = fab.FABConfig(epsilon=0.05, num_steps=10, unroll=False).validate()
+  start = fab.fab_init(logits_fn, x, y, jax.random.PRNGKey(0), cfg, True)
+  whole = jax.jit(lambda s: fab.fab_steps(logits_fn, x, y, s, cfg))(start)
+  step = jax.jit(lambda s, n: fab.fab_steps(logits_fn, x, y, s, cfg, count=n),
+                 static_argnums=1)
+  state = start
+  for n in (4, 4, 2):
+    state = step(state, n)
+  for u, v in zip(state, whole):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=0, atol=1e-6)
+  assert np.isfinite(np.asarray(whole[2])).any()   # some adversarials found
+
+  def suite(per_call):
+    attack = autoattack.Attack("fab_t", fab.FABConfig(
+        epsilon=0.05, num_steps=10, targeted=True, num_target_classes=2,
+        restarts=2, unroll=False, steps_per_call=per_call).validate())
+    return autoattack.run_suite(fns, variables, synthetic.test, [attack], 64,
+                                jax.random.PRNGKey(0), progress=False)
+  np.testing.assert_array_equal(suite(0)["per_example"]["fab_t"],
+                                suite(4)["per_example"]["fab_t"])
+  with pytest.raises(UserError, match="steps_per_call='x'"):
+    fab.FABConfig(steps_per_call="x").validate()
+
+
 def test_config_checks():
   with pytest.raises(UserError, match="epsilon=1.5"):
     fab.FABConfig(epsilon=1.5).validate()

@@ -46,6 +46,19 @@ def checkpoint(tmp_path_factory):
   return path, variables, config, model
 
 
+def test_launch_evaluate_creates_a_missing_workdir_before_any_work(checkpoint,
+                                                                   tmp_path):
+  """A workdir that does not exist yet (nested) is created up front: the
+  results of a long evaluation are never lost at the end."""
+  path = checkpoint[0]
+  out = tmp_path / "not" / "yet"
+  proc = run_cli("launch.evaluate", *ARGS, f"--checkpoint={path}",
+                 f"--workdir={out}", "--config.evaluate.suite=clean",
+                 "--config.evaluate.num_examples=50")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads((out / "eval_results.json").read_text())["n"] == 50
+
+
 def test_launch_evaluate_end_to_end(checkpoint, tmp_path):
   path, variables, config, model = checkpoint
   out = tmp_path / "eval"
