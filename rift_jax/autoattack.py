@@ -375,14 +375,24 @@ def standard_attacks(epsilon: float = 8 / 255, norm: str = "linf",
   return autoattack_suite("standard", epsilon, norm, **kw)
 
 
-@functools.lru_cache(maxsize=None)
 def _compiled_run(fns, cfg, restarts: int) -> Callable:
+  """`_compiled_run_cached`, keyed also by the type of `cfg.unroll`: as
+  dataclass fields `unroll=True` and `unroll=1` compare (and hash) equal,
+  and must not share a program."""
+  return _compiled_run_cached(fns, cfg, restarts,
+                              type(getattr(cfg, "unroll", None)).__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_run_cached(fns, cfg, restarts: int, unroll_type: str) -> Callable:
   """One run `(variables, rank, r, x, y, key) -> fooled [batch]`: the
   target rank and the run index are arguments, so one compiled run serves
   every restart and target (`cfg` has restarts = 1; `restarts` is the
   attack's own count, which decides FAB's random starts). A jit of the
-  whole run, or for APGD with `steps_per_call` > 0 a host loop over
-  compiled pieces (`_apgd_in_pieces`)."""
+  whole run, or a host loop over compiled pieces (APGD and FAB with
+  `steps_per_call` > 0, Square with `queries_per_call` > 0: CPU's default).
+  `unroll_type` is part of the cache key only."""
+  del unroll_type
   if isinstance(cfg, APGDConfig):
     per_call = attacks.resolve_steps_per_call(cfg.steps_per_call)
     if 0 < per_call < cfg.num_steps:
