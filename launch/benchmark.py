@@ -92,9 +92,9 @@ sorts the d = H·W·C breakpoints of every example, so it is the most
 expensive per step; Square is bounded by the per-query cost of one forward
 of the whole (padded) batch, queries being strictly sequential — ours
 evaluates the padded batch every query (in 20-query unrolled pieces on
-CPU), torchattacks only the examples not yet broken. Every attack runs on fixed-size padded batches of the
-survivors, so a survivor count just above a multiple of `--aa_batch_size`
-wastes up to a batch.
+CPU), torchattacks only the examples not yet broken. Every attack runs on
+fixed-size padded batches of the survivors, so a survivor count just above
+a multiple of `--aa_batch_size` wastes up to a batch.
 
 A/B switches: `--conv_impl=xla` (XLA's own strided-conv input gradient) and
 `RIFT_JAX_XLA_DEFAULTS=0` (XLA:CPU's YNNPACK convolutions; see

@@ -175,11 +175,12 @@ def check_per_call(label: str, value) -> None:
                     "integer >= 0 (0 = all in one compiled program)")
 
 
-def resolve_steps_per_call(steps_per_call) -> int:
-  """'auto' -> `CPU_STEPS_PER_CALL` on CPU, 0 (one program) elsewhere."""
-  if steps_per_call == "auto":
-    return CPU_STEPS_PER_CALL if jax.default_backend() == "cpu" else 0
-  return int(steps_per_call)
+def resolve_per_call(per_call, cpu_value: int = CPU_STEPS_PER_CALL) -> int:
+  """Steps (or queries) per compiled program: 'auto' -> `cpu_value` on CPU,
+  0 (one program) elsewhere; integers pass through."""
+  if per_call == "auto":
+    return cpu_value if jax.default_backend() == "cpu" else 0
+  return int(per_call)
 
 
 def target_classes(clean_logits: jax.Array, rank: int | jax.Array) -> jax.Array:

@@ -394,15 +394,16 @@ def _compiled_run_cached(fns, cfg, restarts: int, unroll_type: str) -> Callable:
   `unroll_type` is part of the cache key only."""
   del unroll_type
   if isinstance(cfg, APGDConfig):
-    per_call = attacks.resolve_steps_per_call(cfg.steps_per_call)
+    per_call = attacks.resolve_per_call(cfg.steps_per_call)
     if 0 < per_call < cfg.num_steps:
       return _apgd_in_pieces(fns, cfg, per_call)
   if isinstance(cfg, fab.FABConfig):
-    per_call = attacks.resolve_steps_per_call(cfg.steps_per_call)
+    per_call = attacks.resolve_per_call(cfg.steps_per_call)
     if 0 < per_call < cfg.num_steps:
       return _fab_in_pieces(fns, cfg, restarts, per_call)
   if isinstance(cfg, square.SquareConfig):
-    per_call = square.resolve_queries_per_call(cfg.queries_per_call)
+    per_call = attacks.resolve_per_call(cfg.queries_per_call,
+                                        square.CPU_QUERIES_PER_CALL)
     if per_call > 0:
       return _square_in_pieces(fns, cfg, per_call)
 
@@ -427,92 +428,95 @@ def _compiled_run_cached(fns, cfg, restarts: int, unroll_type: str) -> Callable:
   return jax.jit(run)
 
 
-def _apgd_in_pieces(fns, cfg: APGDConfig, per_call: int) -> Callable:
-  """APGD as a host loop: a compiled start (clean logits, target, x_0), a
-  compiled piece of `per_call` steps (`cfg.unroll`: unrolled on CPU; the
-  step counter is an argument, so one program serves every piece; a shorter
-  last piece compiles once more) and a compiled end (x_adv and AutoAttack's
-  re-check). The same numbers as one program over all steps."""
-  unroll = attacks.resolve_unroll(cfg.unroll)
-  targeted = cfg.loss == "dlr_targeted"
-
-  def logits_fn(variables):
-    return lambda xa: fns.logits(variables, xa, train=False)
-
-  @jax.jit
-  def start(variables, rank, x, y, key):
-    y_t = attacks.target_classes(logits_fn(variables)(x), rank)
-    return apgd_init(logits_fn(variables), x, y, key, cfg,
-                     y_t if targeted else None), y_t
-
-  @functools.partial(jax.jit, static_argnums=6, donate_argnums=4)
-  def piece(variables, x, y, y_t, state, first, count):
-    return apgd_steps(logits_fn(variables), x, y, state, cfg,
-                      y_t if targeted else None, start=first, count=count,
-                      unroll=unroll)
-
-  @jax.jit
-  def end(variables, x, y, state):
-    x_adv, _ = apgd_result(state, x)
-    return jnp.argmax(logits_fn(variables)(x_adv), -1) != y
-
-  def run(variables, rank, r, x, y, key):
-    del r  # APGD's restarts differ only by their key
-    state, y_t = start(variables, rank, x, y, key)
-    for first in range(0, cfg.num_steps, per_call):
-      count = min(per_call, cfg.num_steps - first)
-      state = piece(variables, x, y, y_t, state, jnp.int32(first), count)
-    return end(variables, x, y, state)
-
-  return run
+def _logits_of(fns):
+  """variables -> the model's inference-mode logits function."""
+  return lambda variables: (lambda xa: fns.logits(variables, xa, train=False))
 
 
-def _fab_in_pieces(fns, cfg, restarts: int, per_call: int) -> Callable:
-  """FAB as a host loop over compiled pieces of `per_call` steps (as
-  `_apgd_in_pieces`; FAB's iteration does not depend on its index)."""
-  # Each piece is short: unrolled unless the config says otherwise.
-  unroll = True if cfg.unroll == "auto" else cfg.unroll
+def _in_pieces(fns, num_steps: int, per_call: int, init, steps, result):
+  """A run as a host loop: a compiled start, one compiled piece of
+  `per_call` steps (the first step's index is an argument, so one program
+  serves every piece; a shorter last piece compiles once more) and a
+  compiled end with AutoAttack's re-check of the returned point. The same
+  numbers as one program over all steps.
 
-  def logits_fn(variables):
-    return lambda xa: fns.logits(variables, xa, train=False)
+  init(logits_fn, rank, r, x, y, key) -> (state, aux);
+  steps(logits_fn, x, y, aux, state, first, count) -> state;
+  result(x, state) -> x_adv.
+  """
+  logits_of = _logits_of(fns)
 
   @jax.jit
   def start(variables, rank, r, x, y, key):
-    y_t = attacks.target_classes(logits_fn(variables)(x), rank)
-    state = fab.fab_init(logits_fn(variables), x, y, key, cfg,
-                         random_start=r % restarts > 0)
-    return state, y_t
+    return init(logits_of(variables), rank, r, x, y, key)
 
-  @functools.partial(jax.jit, static_argnums=5, donate_argnums=4)
-  def piece(variables, x, y, y_t, state, count):
-    return fab.fab_steps(logits_fn(variables), x, y, state, cfg,
-                         y_t if cfg.targeted else None, count=count,
-                         unroll=unroll)
+  @functools.partial(jax.jit, static_argnums=6, donate_argnums=4)
+  def piece(variables, x, y, aux, state, first, count):
+    return steps(logits_of(variables), x, y, aux, state, first, count)
 
   @jax.jit
   def end(variables, x, y, state):
-    _, x_best, best = state
-    x_adv, _ = fab.fab_result(x, x_best, best, cfg)
-    return jnp.argmax(logits_fn(variables)(x_adv), -1) != y
+    return jnp.argmax(logits_of(variables)(result(x, state)), -1) != y
 
   def run(variables, rank, r, x, y, key):
-    state, y_t = start(variables, rank, r, x, y, key)
-    for first in range(0, cfg.num_steps, per_call):
-      state = piece(variables, x, y, y_t, state,
-                    min(per_call, cfg.num_steps - first))
+    state, aux = start(variables, rank, r, x, y, key)
+    for first in range(0, num_steps, per_call):
+      state = piece(variables, x, y, aux, state, jnp.int32(first),
+                    min(per_call, num_steps - first))
     return end(variables, x, y, state)
 
   return run
+
+
+def _apgd_in_pieces(fns, cfg: APGDConfig, per_call: int) -> Callable:
+  """APGD as `_in_pieces` (unrolled pieces on CPU: `cfg.unroll`); the
+  target (APGD-T) is computed once, in the start."""
+  unroll = attacks.resolve_unroll(cfg.unroll)
+  targeted = cfg.loss == "dlr_targeted"
+
+  def init(logits_fn, rank, r, x, y, key):
+    del r  # APGD's restarts differ only by their key
+    y_t = attacks.target_classes(logits_fn(x), rank) if targeted else None
+    return apgd_init(logits_fn, x, y, key, cfg, y_t), y_t
+
+  def steps(logits_fn, x, y, y_t, state, first, count):
+    return apgd_steps(logits_fn, x, y, state, cfg, y_t, start=first,
+                      count=count, unroll=unroll)
+
+  return _in_pieces(fns, cfg.num_steps, per_call, init, steps,
+                    lambda x, state: apgd_result(state, x)[0])
+
+
+def _fab_in_pieces(fns, cfg, restarts: int, per_call: int) -> Callable:
+  """FAB as `_in_pieces` (its iteration does not depend on its index);
+  each piece is short, so unrolled unless the config says otherwise."""
+  unroll = True if cfg.unroll == "auto" else cfg.unroll
+
+  def init(logits_fn, rank, r, x, y, key):
+    y_t = (attacks.target_classes(logits_fn(x), rank) if cfg.targeted
+           else None)
+    return fab.fab_init(logits_fn, x, y, key, cfg,
+                        random_start=r % restarts > 0), y_t
+
+  def steps(logits_fn, x, y, y_t, state, first, count):
+    del first
+    return fab.fab_steps(logits_fn, x, y, state, cfg, y_t, count=count,
+                         unroll=unroll)
+
+  def result(x, state):
+    _, x_best, best = state
+    return fab.fab_result(x, x_best, best, cfg)[0]
+
+  return _in_pieces(fns, cfg.num_steps, per_call, init, steps, result)
 
 
 def _square_in_pieces(fns, cfg, per_call: int) -> Callable:
   """Square as `square.square_pieces` (a host loop over compiled pieces of
-  queries), then AutoAttack's re-check of the returned point."""
-  logits_fn_of = lambda variables: (
-      lambda xa: fns.logits(variables, xa, train=False))
-  search = square.square_pieces(logits_fn_of, cfg, per_call)
+  queries, early exit between them), then AutoAttack's re-check."""
+  logits_of = _logits_of(fns)
+  search = square.square_pieces(logits_of, cfg, per_call)
   check = jax.jit(lambda variables, x_adv, y: jnp.argmax(
-      fns.logits(variables, x_adv, train=False), -1) != y)
+      logits_of(variables)(x_adv), -1) != y)
 
   def run(variables, rank, r, x, y, key):
     del rank, r

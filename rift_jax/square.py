@@ -121,14 +121,8 @@ class SquareConfig:
 # loop body (as APGD's and FAB's, `attacks.CPU_STEPS_PER_CALL`). So on CPU the
 # suite runs Square as a host loop over unrolled programs of this many
 # queries.
+# (`attacks.resolve_per_call(cfg.queries_per_call, CPU_QUERIES_PER_CALL)`.)
 CPU_QUERIES_PER_CALL = 20
-
-
-def resolve_queries_per_call(queries_per_call) -> int:
-  """'auto' -> `CPU_QUERIES_PER_CALL` on CPU, 0 (one while_loop) elsewhere."""
-  if queries_per_call == "auto":
-    return CPU_QUERIES_PER_CALL if jax.default_backend() == "cpu" else 0
-  return int(queries_per_call)
 
 
 # ---------------------------------------------------- schedule (host side)
