@@ -116,6 +116,9 @@ def rift_config() -> ml_collections.ConfigDict:
       # static: differentiate only module i's kernel (backward stops there) |
       # mask: a params-shaped Δ times a data mask (one program, vmap-able)
       route="static",
+      # static route: reuse the network before module i's block (features
+      # of the fixed set kept in memory up to this many MiB; 0 = never)
+      prefix_cache_mb=2048.0,
       vmap_chunk=4, include="", exclude=""))
   r.finetune = ml_collections.ConfigDict(dict(
       # non_robust_critical (RiFT) | robust_critical | all | last | topk | modules

@@ -42,6 +42,7 @@ are modules, see `models.perturbable_modules`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -161,6 +162,10 @@ class _MaskRoute:
     self._loss = wrap(lambda v, d, m, x, y: _per_example_loss(fns, v, d, m, x, y), 2)
     self._rel = wrap(rel_fn, 0)
 
+  def prepare(self, v, group, batches):
+    del v, group
+    return batches
+
   def start(self, group):
     masks = [_scalar_mask(self.params, nm) for nm in group]
     zeros = jax.tree_util.tree_map(jnp.zeros_like, self.params)
@@ -186,27 +191,52 @@ class _MaskRoute:
 class _StaticRoute:
   """Δ = module i's kernel, the rest of θ constant: one weight gradient and
   a backward pass that stops at module i. The ascent step is compiled per
-  module; the forward-only loss evaluation reuses the mask route's program
-  (the same cost either way, compiled once), and the projection and norms
-  are compiled per kernel shape."""
+  module; the projection and norms per kernel shape.
 
-  def __init__(self, fns, params, lr, eps, per_step):
+  Reused prefix (`prefix_cache_mb` > 0): Δ on module i cannot change what
+  the network computes before the root submodule that holds it (a ResNet
+  block, a WRN group, a stem layer), so `prepare` runs that prefix once over
+  the fixed set and the passes start from its output (`ModelFns.features` /
+  `logits_after`): the forward passes, which dominate MRC, skip the prefix.
+  Used when the features fit in `prefix_cache_mb` and reproduce the whole
+  network's loss on the first batch; otherwise the passes run on the images.
+  """
+
+  def __init__(self, fns, params, lr, eps, per_step, prefix_cache_mb=0.0):
     self.fns, self.params, self.lr = fns, params, lr
     self.eps, self.per_step = eps, per_step
+    self.cache_bytes = float(prefix_cache_mb) * 2**20
     self.paths = models.perturbable_modules(params)
     self.zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    self._loss = jax.jit(lambda v, d, m, x, y: _per_example_loss(fns, v, d, m, x, y))
-    self._step = {}
+    self._full_loss = jax.jit(
+        lambda v, d, m, x, y: _per_example_loss(fns, v, d, m, x, y))
+    self._features = jax.jit(fns.features, static_argnums=2)
+    self._compiled = {}
+    self._order = None
+    self.cut = None          # the current module's cut (None: from the images)
+    self.image_shape = None
 
-  def _compiled_step(self, name):
-    if name not in self._step:
-      path, fns, lr, eps = self.paths[name], self.fns, self.lr, self.eps
+  # -- the network as the current module sees it
+  def _logits(self, v, path, d, x, cut):
+    p = models.set_path(v["params"], path, models.get_path(v["params"], path) + d)
+    v = {**v, "params": p}
+    if cut is None:
+      return self.fns.logits(v, x, train=False)
+    return self.fns.logits_after(v, x, cut, self.image_shape)
+
+  def _programs(self, name):
+    """(ascent step, per-example loss) for module `name` at the current cut,
+    compiled once (one module at a time)."""
+    key = (name, self.cut)
+    if key not in self._compiled:
+      path, lr, eps, cut = self.paths[name], self.lr, self.eps, self.cut
+
+      def per_example(v, d, x, y):
+        logits = self._logits(v, path, d, x, cut)
+        return attacks.cross_entropy(logits, y), jnp.argmax(logits, -1) == y
 
       def batch_loss(d, v, x, y, w):
-        p = models.set_path(v["params"], path,
-                            models.get_path(v["params"], path) + d)
-        logits = fns.logits({**v, "params": p}, x, train=False)
-        ce = attacks.cross_entropy(logits, y)
+        ce, _ = per_example(v, d, x, y)
         return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
 
       def step(v, d, x, y, w):
@@ -215,11 +245,42 @@ class _StaticRoute:
           d = _project_kernel(d, models.get_path(v["params"], path), eps)
         return d
 
-      self._step = {name: jax.jit(step)}   # one module at a time
-    return self._step[name]
+      self._compiled = {key: (jax.jit(step), jax.jit(per_example))}
+    return self._compiled[key]
 
   def _kernel(self, v, name):
     return models.get_path(v["params"], self.paths[name])
+
+  def prepare(self, v, group, batches):
+    """-> what the passes of `group` run on: `batches`, or the features at
+    the cut before the module (module docstring)."""
+    (name,) = group
+    self.cut = None
+    x0, y0 = next(iter(batches))
+    self.image_shape = tuple(x0.shape[1:])
+    if self.cache_bytes <= 0:
+      return batches
+    if self._order is None:
+      self._order = self.fns.call_order(v, x0)
+    top = self.paths[name][0]
+    i = self._order.index(top) if top in self._order else 0
+    if i == 0:
+      return batches
+    cut = self._order[i - 1]
+    shape = jax.eval_shape(self._features, v, x0, cut)
+    if math.prod(shape.shape) * shape.dtype.itemsize * len(batches) > self.cache_bytes:
+      return batches
+    feats = _Features([(self._features(v, x, cut), y) for x, y in batches], batches)
+    # The cut network must give the whole network's loss (a root whose later
+    # layers also read an earlier value would not): else use the images.
+    self.cut = cut
+    ce_cut, _ = self._programs(name)[1](v, jnp.zeros(self._kernel(v, name).shape),
+                                        feats.pairs[0][0], y0)
+    ce_full, _ = self._full_loss(v, self.zeros, _scalar_mask(self.params, name), x0, y0)
+    if not np.allclose(np.asarray(ce_cut), np.asarray(ce_full), rtol=1e-4, atol=1e-5):
+      self.cut = None
+      return batches
+    return feats
 
   def start(self, group):
     (name,) = group
@@ -227,7 +288,7 @@ class _StaticRoute:
 
   def step(self, v, state, x, y, w):
     name, d = state
-    return name, self._compiled_step(name)(v, d, x, y, w)
+    return name, self._programs(name)[0](v, d, x, y, w)
 
   def project(self, v, state):
     name, d = state
@@ -235,12 +296,29 @@ class _StaticRoute:
 
   def losses(self, v, state):
     name, d = state
-    delta = models.set_path(self.zeros, self.paths[name], d)
-    return self._loss, (v, delta, _scalar_mask(self.params, name))
+    return self._programs(name)[1], (v, d)
 
   def rel(self, v, state):
     name, d = state
     return _relative_norm(d, self._kernel(v, name))
+
+
+class _Features:
+  """The fixed set's batches as features at a cut: same order, padding and
+  sharding as the `evaluate.Batches` they came from (what `evaluate.
+  per_example` and the ascent loop iterate over)."""
+
+  def __init__(self, pairs, batches):
+    self.pairs, self._batches = pairs, batches
+
+  def __len__(self) -> int:
+    return len(self.pairs)
+
+  def __iter__(self):
+    return iter(self.pairs)
+
+  def sizes(self):
+    return self._batches.sizes()
 
 
 def _project_kernel(d, w, eps):
@@ -265,7 +343,8 @@ ROUTES = ("static", "mask")
 
 def check_settings(*, epsilon: float, learning_rate: float, num_passes: int,
                    batch_size: int, projection: str, mode: str,
-                   route: str = "static", prefix: str = "rift.mrc") -> None:
+                   route: str = "static", prefix_cache_mb: float = 0.0,
+                   prefix: str = "rift.mrc") -> None:
   """One clear error for a bad MRC setting (also used to validate configs
   before any work)."""
   check_range(f"{prefix}.epsilon", epsilon, 0.0, low_open=True)
@@ -275,6 +354,7 @@ def check_settings(*, epsilon: float, learning_rate: float, num_passes: int,
   check_choice(f"{prefix}.projection", projection, PROJECTIONS)
   check_choice(f"{prefix}.mode", mode, MODES)
   check_choice(f"{prefix}.route", route, ROUTES)
+  check_range(f"{prefix}.prefix_cache_mb", prefix_cache_mb, 0.0)
   if mode == "vmap" and route != "mask":
     raise UserError(f"{prefix}.mode='vmap' needs {prefix}.route='mask' (the "
                     "static route compiles one program per module)")
@@ -285,7 +365,7 @@ def mrc(fns: models.ModelFns, variables, x_adv, y, *,
         learning_rate: float = 1.0, num_passes: int = 10, batch_size: int = 512,
         projection: str = "per_pass", mode: str = "sequential",
         route: str = "static", vmap_chunk: int = 4, mesh=None,
-        progress: bool = False,
+        prefix_cache_mb: float = 2048.0, progress: bool = False,
         on_step: Callable[[str, int, float], None] | None = None,
         ) -> dict[str, MRCResult]:
   """RiFT step 1: scores every module (or `modules`) of `variables['params']`.
@@ -306,6 +386,9 @@ def mrc(fns: models.ModelFns, variables, x_adv, y, *,
       at once, `route='mask'` only); the same numbers either way.
     route: 'static' (differentiate only module i's kernel) or 'mask' (a
       params-shaped Δ times a data mask); the same numbers either way.
+    prefix_cache_mb: static route: the most memory the reused prefix's
+      features may take (`_StaticRoute`; 0: always run the whole network);
+      the same numbers either way, to float rounding.
     on_step: called as on_step(module, pass, relative_norm) after each
       projection-bearing point (tests use it to check the constraint).
 
@@ -313,7 +396,8 @@ def mrc(fns: models.ModelFns, variables, x_adv, y, *,
   """
   check_settings(epsilon=epsilon, learning_rate=learning_rate,
                  num_passes=num_passes, batch_size=batch_size,
-                 projection=projection, mode=mode, route=route)
+                 projection=projection, mode=mode, route=route,
+                 prefix_cache_mb=prefix_cache_mb)
   params = variables["params"]
   names = models.resolve_modules(params, list(modules) if modules else None)
   # The fixed set, padded + weighted, put on device once.
@@ -326,14 +410,15 @@ def mrc(fns: models.ModelFns, variables, x_adv, y, *,
   per_step = projection == "per_step"
   vmapped = mode == "vmap"
   if route == "static":
-    impl = _StaticRoute(fns, variables["params"], learning_rate, epsilon, per_step)
+    impl = _StaticRoute(fns, variables["params"], learning_rate, epsilon, per_step,
+                        prefix_cache_mb)
   else:
     impl = _MaskRoute(fns, variables["params"], learning_rate, epsilon, per_step,
                       vmapped)
 
-  def loss_and_acc(state):
+  def loss_and_acc(state, inputs):
     fn, consts = impl.losses(variables, state)
-    ce, ok = evaluate.per_example(fn, batches, consts=consts,
+    ce, ok = evaluate.per_example(fn, inputs, consts=consts,
                                   axis=1 if vmapped else 0)
     return (np.atleast_1d(np.sum(ce, -1, dtype=np.float64) / n),
             np.atleast_1d(100.0 * np.sum(ok, -1, dtype=np.float64) / n))
@@ -343,16 +428,17 @@ def mrc(fns: models.ModelFns, variables, x_adv, y, *,
   results: dict[str, MRCResult] = {}
   bar = tqdm(total=len(names), desc="MRC", disable=not progress, leave=False)
   for group in groups:
+    inputs = impl.prepare(variables, group, batches)
     state = impl.start(group)
-    base_loss, base_acc = loss_and_acc(state)
+    base_loss, base_acc = loss_and_acc(state, inputs)
     best = [(0.0, 0.0, 0.0)] * len(group)  # (mrc, acc drop, rel norm) at Δ=0
     curve = [[] for _ in group]
     for p in range(num_passes):
-      for (x, yy), w in zip(batches, weights):
+      for (x, yy), w in zip(inputs, weights):
         state = impl.step(variables, state, x, yy, w)
       if not per_step:
         state = impl.project(variables, state)
-      loss, acc = loss_and_acc(state)
+      loss, acc = loss_and_acc(state, inputs)
       r = np.atleast_1d(np.asarray(impl.rel(variables, state)))
       for j, nm in enumerate(group):
         inc = float(loss[j] - base_loss[j])

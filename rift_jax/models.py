@@ -655,3 +655,50 @@ class ModelFns:
     out, updates = self.model.apply(variables, x, train=True,
                                     mutable=["batch_stats"])
     return out, updates.get("batch_stats", {})
+
+  # A network cut at one of the root's direct submodules (MRC reuses the
+  # part before a module, which Δ on that module cannot change). Inference
+  # mode only. The cut's output replaces the submodule's call; under `jit`
+  # everything before it is then dead code.
+  def call_order(self, variables, x) -> tuple[str, ...]:
+    """Names of the root's direct submodules in the order their `__call__`
+    runs (inference mode; traced with `jax.eval_shape`, nothing computed)."""
+    order: list[str] = []
+
+    def record(next_fun, args, kwargs, ctx):
+      path = ctx.module.path
+      if ctx.method_name == "__call__" and len(path) == 1 and path[0] not in order:
+        order.append(path[0])
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      jax.eval_shape(lambda v, z: self.model.apply(v, z, train=False), variables, x)
+    return tuple(order)
+
+  def features(self, variables, x, cut: str):
+    """The output of the root's submodule `cut` on `x` (inference mode)."""
+    got = []
+
+    def grab(next_fun, args, kwargs, ctx):
+      out = next_fun(*args, **kwargs)
+      if ctx.method_name == "__call__" and ctx.module.path == (cut,) and not got:
+        got.append(out)
+      return out
+
+    with nn.intercept_methods(grab):
+      self.model.apply(variables, x, train=False)
+    return got[0]
+
+  def logits_after(self, variables, feats, cut: str, x_shape):
+    """Logits `[batch, classes]` with the output of the root's submodule
+    `cut` replaced by `feats` (from `features`); `x_shape` is the image
+    shape `[H, W, C]` (the input itself is not needed)."""
+    def swap(next_fun, args, kwargs, ctx):
+      if ctx.method_name == "__call__" and ctx.module.path == (cut,):
+        return feats
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(swap):
+      return self.model.apply(
+          variables, jnp.zeros((feats.shape[0], *x_shape), jnp.float32),
+          train=False)

@@ -100,7 +100,8 @@ def stage_mrc(config, workdir, fns, theta_at, x, y, mesh, timer):
         fns, theta_at, x, y, modules=modules, epsilon=float(r.epsilon),
         learning_rate=float(r.learning_rate), num_passes=int(r.num_passes),
         batch_size=int(r.batch_size), projection=r.projection, mode=r.mode,
-        route=r.route, vmap_chunk=int(r.vmap_chunk), mesh=mesh, progress=True)
+        route=r.route, vmap_chunk=int(r.vmap_chunk), mesh=mesh,
+        prefix_cache_mb=float(r.prefix_cache_mb), progress=True)
     wd.write_json(path, {k: v.to_dict() for k, v in res.items()})
   return res
 

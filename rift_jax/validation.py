@@ -92,7 +92,8 @@ def validate_rift(config) -> None:
   criticality.check_settings(
       epsilon=float(mrc.epsilon), learning_rate=float(mrc.learning_rate),
       num_passes=int(mrc.num_passes), batch_size=int(mrc.batch_size),
-      projection=mrc.projection, mode=mrc.mode, route=mrc.route)
+      projection=mrc.projection, mode=mrc.mode, route=mrc.route,
+      prefix_cache_mb=float(mrc.prefix_cache_mb))
   check_range("rift.mrc.vmap_chunk", int(mrc.vmap_chunk), 1)
   for key in ("include", "exclude"):
     try:

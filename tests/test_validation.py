@@ -43,6 +43,7 @@ def _with(**overrides):
     # rift.mrc.*
     ({"rift__mrc__epsilon": -1.0}, "rift.mrc.epsilon=-1.0"),
     ({"rift__mrc__projection": "never"}, "rift.mrc.projection='never'"),
+    ({"rift__mrc__prefix_cache_mb": -1.0}, "rift.mrc.prefix_cache_mb=-1.0"),
     ({"rift__mrc__num_examples": 10**6}, "rift.mrc.num_examples=1000000 exceeds"),
     ({"rift__mrc__attack__num_steps": 0}, "rift.mrc.attack.num_steps=0"),
     ({"rift__mrc__include": "layer[("}, "rift.mrc.include='layer[('"),
