@@ -49,7 +49,7 @@ demo: install data
 
 test: install-test
 	@bash scripts/ensure_data.sh || echo "(the torchattacks cross-checks need Fashion-MNIST and will be skipped)"
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs
