@@ -46,18 +46,19 @@ reads); else the committed fixture tests/fixtures/fmnist_resnet18_w4_pgdat
 step does not depend on the weight values; both frameworks get the same
 ones). Modules `--mrc_modules` (different depths: on the static route, and
 in PyTorch's autograd, the backward pass stops at the module, so cost falls
-with depth). For each module:
-- ours, static route (the default): compiled once per module. Each module
+with depth; `--mrc_modules=all` times every module, what a RiFT run scores).
+For each module:
+- ours, static route (the default, with its reused prefix: the network
+  before the module's block runs once per module): compiled once per module. Each module
   is scored 1 + `--mrc_reps` times in one `mrc()` call (the static route
   keeps a module's compiled step while the module repeats): the first
   occurrence is the time WITH compile, the best later one the time after
   compilation; the compile seconds are JAX's own trace + lowering + XLA
-  compile spans (`jax.monitoring`) inside the first occurrence (the first
-  module's also include the forward-only loss program shared by all
-  modules). A whole-network MRC costs Σ (compile + run) on this route.
+  compile spans (`jax.monitoring`) inside the first occurrence. A whole-network MRC costs Σ (compile + run) on this route.
 - ours, mask route: one program for every module (compiled once, in the
   first module: `mrc_mask_compile_s`), every step computes every layer's
-  weight gradient: Σ run + one compile.
+  weight gradient: Σ run + one compile. `--mrc_routes=static` leaves it
+  out (and its keys) when timing many modules.
 - PyTorch: `--mrc_reps` runs of the authors' loop, best; the origin loss
   is computed once for all modules as the authors do (ours evaluates it per
   module: one extra forward pass over the set per module, ≤ 1/(4·passes)
@@ -110,6 +111,7 @@ and runs every selected phase at toy sizes (its numbers mean little).
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -145,7 +147,9 @@ flags.DEFINE_integer("mrc_batch_size", 500, "MRC: ascent batch size (the "
                      "authors' code: 512).")
 flags.DEFINE_integer("mrc_passes", 10, "MRC: passes over the fixed set.")
 flags.DEFINE_list("mrc_modules", ["conv1", "layer2.1.conv2", "layer4.1.conv1"],
-                  "MRC: the modules timed.")
+                  "MRC: the modules timed (all: every module).")
+flags.DEFINE_list("mrc_routes", ["static", "mask"], "MRC: our routes to time "
+                  "(static is always needed; leave out mask for many modules).")
 flags.DEFINE_integer("mrc_reps", 1, "MRC: timed runs per module after the "
                      "compiling one (ours) / timed runs per module (PyTorch).")
 flags.DEFINE_string("mrc_checkpoint", "", "MRC: weights of a Fashion-MNIST "
@@ -541,7 +545,8 @@ def _nchw(x):
 def mrc_phase(out: dict, *, width: int = 16, num_examples: int = 1000,
               batch: int = 500, passes: int = 10,
               modules=("conv1", "layer2.1.conv2", "layer4.1.conv1"),
-              reps: int = 1, checkpoint: str = "", save=lambda out: None) -> None:
+              reps: int = 1, checkpoint: str = "", routes=("static", "mask"),
+              save=lambda out: None) -> None:
   """MRC per module: ours (static and mask routes, with and without
   compile) vs the authors' PyTorch loop, same model, weights and fixed set
   (module docstring)."""
@@ -555,7 +560,8 @@ def mrc_phase(out: dict, *, width: int = 16, num_examples: int = 1000,
   _log(f"MRC: ResNet-18 width {width}, {num_examples} fixed examples, batch "
        f"{batch}, {passes} passes")
   fns, variables, tmodel, source = fmnist_resnet18(width, checkpoint)
-  modules = models.resolve_modules(variables["params"], list(modules))
+  modules = models.resolve_modules(
+      variables["params"], None if list(modules) == ["all"] else list(modules))
   split = fmnist_test(num_examples)
   x_adv, y = criticality.fixed_adversarial_set(
       fns, variables, split, attacks.PGDConfig(
@@ -578,7 +584,7 @@ def mrc_phase(out: dict, *, width: int = 16, num_examples: int = 1000,
   occ = 1 + reps   # every module scored 1 + reps times in a row
 
   ours = {}
-  for route in ("static", "mask"):
+  for route in [r for r in ("static", "mask") if r in routes]:
     _log(f"MRC ours, route {route!r}: {modules} x {occ}")
     stamps = []   # (wall, cpu) after every pass of every occurrence
     t0 = (time.time(), time.process_time())
@@ -630,7 +636,11 @@ def mrc_phase(out: dict, *, width: int = 16, num_examples: int = 1000,
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-4)))
 
-  st, mk = ours["static"], ours["mask"]
+  st = ours["static"]
+  # Without the mask route (--mrc_routes=static) its keys are left out.
+  mk = ours.get("mask", dict(run=[math.nan] * len(modules), run_cpu=[math.nan] * len(modules),
+                             call_compile=math.nan, first=[math.nan] * len(modules),
+                             mrc=st["mrc"]))
   mean = lambda v: float(np.mean(v))
   out["mrc_seconds_per_module"] = mean(st["run"])
   out["mrc_seconds_per_module_all"] = st["run"]
@@ -664,6 +674,12 @@ def mrc_phase(out: dict, *, width: int = 16, num_examples: int = 1000,
                                          rel(mk["mrc"], theirs["mrc"]))
   out["mrc_loss_max_rel_diff_vs_torch"] = rel(st["loss"], theirs["loss"])
   out["mrc_static_vs_mask_max_rel_diff"] = rel(st["mrc"], mk["mrc"])
+  if "mask" not in ours:
+    for k in [k for k in out if k.startswith(("mrc_mask", "mrc_speedup_vs_mask",
+                                              "mrc_static_vs_mask"))]:
+      del out[k]
+    out["mrc_values"] = {m: {k: v for k, v in d.items() if k != "mask"}
+                         for m, d in out["mrc_values"].items()}
   out["mrc_setting"] = (
       f"seconds to score one module: rift_jax.mrc ({passes} passes over "
       f"{num_examples} fixed adversarial examples in batches of {batch}: ascent "
@@ -834,7 +850,11 @@ def main():
     mrc = dict(width=FLAGS.mrc_width, num_examples=FLAGS.mrc_examples,
                batch=FLAGS.mrc_batch_size, passes=FLAGS.mrc_passes,
                modules=tuple(FLAGS.mrc_modules), reps=FLAGS.mrc_reps,
-               checkpoint=FLAGS.mrc_checkpoint)
+               checkpoint=FLAGS.mrc_checkpoint, routes=tuple(FLAGS.mrc_routes))
+    bad = [r for r in FLAGS.mrc_routes if r not in ("static", "mask")]
+    if bad or "static" not in FLAGS.mrc_routes:
+      raise UserError(f"--mrc_routes={','.join(FLAGS.mrc_routes)}: expected static "
+                      "or static,mask")
     aa = dict(num_images=FLAGS.aa_images, batch=FLAGS.aa_batch_size,
               steps=FLAGS.aa_steps, targets=FLAGS.aa_targets,
               queries=FLAGS.aa_queries, unroll=FLAGS.aa_unroll)

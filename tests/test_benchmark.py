@@ -78,3 +78,13 @@ def test_benchmark_requires_out():
                         env=ENV, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("error: --out is required")
+
+
+def test_benchmark_rejects_a_route_list_without_static(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "launch.benchmark",
+                         f"--out={tmp_path / 'b.json'}", "--phases=mrc",
+                         "--mrc_routes=mask"], cwd=ROOT, env=ENV,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert "--mrc_routes=mask: expected static or static,mask" in proc.stderr
+  assert not (tmp_path / "b.json").exists()
