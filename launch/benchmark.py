@@ -49,12 +49,13 @@ in PyTorch's autograd, the backward pass stops at the module, so cost falls
 with depth; `--mrc_modules=all` times every module, what a RiFT run scores).
 For each module:
 - ours, static route (the default, with its reused prefix: the network
-  before the module's block runs once per module): compiled once per module. Each module
-  is scored 1 + `--mrc_reps` times in one `mrc()` call (the static route
+  before the module's block runs once per module): compiled once per
+  module. Each module is scored 1 + `--mrc_reps` times in one `mrc()` call (the static route
   keeps a module's compiled step while the module repeats): the first
   occurrence is the time WITH compile, the best later one the time after
   compilation; the compile seconds are JAX's own trace + lowering + XLA
-  compile spans (`jax.monitoring`) inside the first occurrence. A whole-network MRC costs Σ (compile + run) on this route.
+  compile spans (`jax.monitoring`) inside the first occurrence. A
+  whole-network MRC costs Σ (compile + run) on this route.
 - ours, mask route: one program for every module (compiled once, in the
   first module: `mrc_mask_compile_s`), every step computes every layer's
   weight gradient: Σ run + one compile. `--mrc_routes=static` leaves it
@@ -111,7 +112,6 @@ and runs every selected phase at toy sizes (its numbers mean little).
 """
 from __future__ import annotations
 
-import math
 import os
 import platform
 import resource
@@ -636,11 +636,7 @@ def mrc_phase(out: dict, *, width: int = 16, num_examples: int = 1000,
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-4)))
 
-  st = ours["static"]
-  # Without the mask route (--mrc_routes=static) its keys are left out.
-  mk = ours.get("mask", dict(run=[math.nan] * len(modules), run_cpu=[math.nan] * len(modules),
-                             call_compile=math.nan, first=[math.nan] * len(modules),
-                             mrc=st["mrc"]))
+  st, mk = ours["static"], ours.get("mask")   # mk None: --mrc_routes=static
   mean = lambda v: float(np.mean(v))
   out["mrc_seconds_per_module"] = mean(st["run"])
   out["mrc_seconds_per_module_all"] = st["run"]
@@ -649,11 +645,6 @@ def mrc_phase(out: dict, *, width: int = 16, num_examples: int = 1000,
   out["mrc_with_compile_seconds_per_module_all"] = st["first"]
   out["mrc_compile_s_per_module"] = mean(st["compile"])
   out["mrc_compile_s_all"] = st["compile"]
-  out["mrc_mask_seconds_per_module"] = mean(mk["run"])
-  out["mrc_mask_seconds_per_module_all"] = mk["run"]
-  out["mrc_mask_cpu_s_per_module_all"] = mk["run_cpu"]
-  out["mrc_mask_compile_s"] = mk["call_compile"]
-  out["mrc_mask_with_compile_seconds_per_module_all"] = mk["first"]
   out["mrc_torch_seconds_per_module"] = mean(theirs["run"])
   out["mrc_torch_seconds_per_module_all"] = theirs["run"]
   out["mrc_torch_cpu_s_per_module_all"] = theirs["run_cpu"]
@@ -662,24 +653,26 @@ def mrc_phase(out: dict, *, width: int = 16, num_examples: int = 1000,
                                      / np.asarray(st["run"])).tolist()
   out["mrc_speedup_vs_torch_with_compile"] = mean(theirs["run"]) / mean(st["first"])
   out["mrc_speedup_vs_torch_cpu_time"] = mean(theirs["run_cpu"]) / mean(st["run_cpu"])
-  out["mrc_mask_speedup_vs_torch"] = mean(theirs["run"]) / mean(mk["run"])
-  out["mrc_speedup_vs_mask"] = mean(mk["run"]) / mean(st["run"])
-  out["mrc_speedup_vs_mask_all"] = (np.asarray(mk["run"])
-                                    / np.asarray(st["run"])).tolist()
-  out["mrc_values"] = {m: dict(static=st["mrc"][i], mask=mk["mrc"][i],
-                               torch=theirs["mrc"][i])
+  out["mrc_values"] = {m: dict(static=st["mrc"][i], torch=theirs["mrc"][i])
                        for i, m in enumerate(modules)}
   out["mrc_base_loss"] = dict(ours=st["base_loss"][0], torch=origin[0])
-  out["mrc_max_rel_diff_vs_torch"] = max(rel(st["mrc"], theirs["mrc"]),
-                                         rel(mk["mrc"], theirs["mrc"]))
+  out["mrc_max_rel_diff_vs_torch"] = rel(st["mrc"], theirs["mrc"])
   out["mrc_loss_max_rel_diff_vs_torch"] = rel(st["loss"], theirs["loss"])
-  out["mrc_static_vs_mask_max_rel_diff"] = rel(st["mrc"], mk["mrc"])
-  if "mask" not in ours:
-    for k in [k for k in out if k.startswith(("mrc_mask", "mrc_speedup_vs_mask",
-                                              "mrc_static_vs_mask"))]:
-      del out[k]
-    out["mrc_values"] = {m: {k: v for k, v in d.items() if k != "mask"}
-                         for m, d in out["mrc_values"].items()}
+  if mk is not None:
+    out["mrc_mask_seconds_per_module"] = mean(mk["run"])
+    out["mrc_mask_seconds_per_module_all"] = mk["run"]
+    out["mrc_mask_cpu_s_per_module_all"] = mk["run_cpu"]
+    out["mrc_mask_compile_s"] = mk["call_compile"]
+    out["mrc_mask_with_compile_seconds_per_module_all"] = mk["first"]
+    out["mrc_mask_speedup_vs_torch"] = mean(theirs["run"]) / mean(mk["run"])
+    out["mrc_speedup_vs_mask"] = mean(mk["run"]) / mean(st["run"])
+    out["mrc_speedup_vs_mask_all"] = (np.asarray(mk["run"])
+                                      / np.asarray(st["run"])).tolist()
+    for i, m in enumerate(modules):
+      out["mrc_values"][m]["mask"] = mk["mrc"][i]
+    out["mrc_max_rel_diff_vs_torch"] = max(out["mrc_max_rel_diff_vs_torch"],
+                                           rel(mk["mrc"], theirs["mrc"]))
+    out["mrc_static_vs_mask_max_rel_diff"] = rel(st["mrc"], mk["mrc"])
   out["mrc_setting"] = (
       f"seconds to score one module: rift_jax.mrc ({passes} passes over "
       f"{num_examples} fixed adversarial examples in batches of {batch}: ascent "

@@ -213,6 +213,7 @@ class _StaticRoute:
     self._features = jax.jit(fns.features, static_argnums=2)
     self._compiled = {}
     self._order = None
+    self._kept = (None, None)  # (cut, its features or None if it failed the check)
     self.cut = None          # the current module's cut (None: from the images)
     self.image_shape = None
 
@@ -226,7 +227,8 @@ class _StaticRoute:
 
   def _programs(self, name):
     """(ascent step, per-example loss) for module `name` at the current cut,
-    compiled once (one module at a time)."""
+    compiled once (one module at a time). From the images the loss is the
+    whole network's, one program for every module (`losses`)."""
     key = (name, self.cut)
     if key not in self._compiled:
       path, lr, eps, cut = self.paths[name], self.lr, self.eps, self.cut
@@ -267,6 +269,11 @@ class _StaticRoute:
     if i == 0:
       return batches
     cut = self._order[i - 1]
+    if self._kept[0] == cut:      # consecutive modules behind the same cut
+      kept = self._kept[1]
+      self.cut = None if kept is None else cut
+      return batches if kept is None else kept
+    self._kept = (None, None)     # free the previous cut's features first
     shape = jax.eval_shape(self._features, v, x0, cut)
     if math.prod(shape.shape) * shape.dtype.itemsize * len(batches) > self.cache_bytes:
       return batches
@@ -278,9 +285,9 @@ class _StaticRoute:
                                         feats.pairs[0][0], y0)
     ce_full, _ = self._full_loss(v, self.zeros, _scalar_mask(self.params, name), x0, y0)
     if not np.allclose(np.asarray(ce_cut), np.asarray(ce_full), rtol=1e-4, atol=1e-5):
-      self.cut = None
-      return batches
-    return feats
+      self.cut, feats = None, None
+    self._kept = (cut, feats)
+    return batches if feats is None else feats
 
   def start(self, group):
     (name,) = group
@@ -296,6 +303,9 @@ class _StaticRoute:
 
   def losses(self, v, state):
     name, d = state
+    if self.cut is None:
+      delta = models.set_path(self.zeros, self.paths[name], d)
+      return self._full_loss, (v, delta, _scalar_mask(self.params, name))
     return self._programs(name)[1], (v, d)
 
   def rel(self, v, state):
