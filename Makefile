@@ -9,6 +9,8 @@ BASE_STAMP := $(VENV)/.installed-base-$(HASH)
 TEST_STAMP := $(VENV)/.installed-test-$(HASH)
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
+# The demo's config; CI runs the same target with configs/quickstart.py:smoke.
+DEMO_CONFIG ?= configs/quickstart.py
 export FASHION_MNIST_DIR
 # pytest-xdist workers for `make test` (compilation is single-threaded, so two
 # workers keep both cores of a small machine busy).
@@ -44,7 +46,7 @@ data:
 	@bash scripts/ensure_data.sh
 
 demo: install data
-	$(PY) -m launch.rift --config=configs/quickstart.py --workdir=$(DEMO_DIR) \
+	$(PY) -m launch.rift --config=$(DEMO_CONFIG) --workdir=$(DEMO_DIR) \
 	  --config.data.debian_dir=$(FASHION_MNIST_DIR)
 
 test: install-test

@@ -264,6 +264,7 @@ def _check_same_run(old: dict, config, workdir: str) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole pipeline; returns results.json's content."""
   validation.validate_rift(config)
+  validation.check_installed(config)
   workdir = wd.prepare(workdir)
   cfg_path = _path(workdir, "rift_config.json")
   if os.path.exists(cfg_path):
@@ -307,16 +308,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   main = run_target(r.finetune.target, r.finetune.target)
   ablations = {a: run_target(a, a) for a in r.ablations if a != r.finetune.target}
+  results_path = _path(workdir, "results.json")
+  if os.path.exists(results_path):  # the test stage is done: only re-report
+    results = wd.read_json(results_path)
+  else:
+    results = stage_test(config, workdir, fns, theta_at, main, ablations,
+                         scores, at_source, dataset, mesh, timer)
+  report.write_report(workdir, results)
+  # The exports come last: they add files, and a failure in them loses
+  # nothing computed (results.json and report.md are already written; a
+  # re-run resumes here).
   exports = {"theta_star": main["theta_star"]}
   if r.export_theta_ft:
     exports["theta_ft"] = main["theta_ft"]
   stage_export(workdir, exports, at_source)
+  return results
 
-  results_path = _path(workdir, "results.json")
-  if os.path.exists(results_path):  # the test stage is done: only re-report
-    results = wd.read_json(results_path)
-    report.write_report(workdir, results)
-    return results
+
+def stage_test(config, workdir, fns, theta_at, main, ablations, scores,
+               at_source, dataset, mesh, timer) -> dict:
+  """θ_AT, θ* and every ablation on the test split (and its corruptions):
+  records.npz and results.json."""
+  r = config.rift
   ood_sets = None
   if r.ood.enabled:
     with timer.stage("ood_generate"):
@@ -333,8 +346,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   records.save(_path(workdir, "records.npz"), records.flatten(rec))
   results = build_results(config, rec, scores, main, ablations, at_source,
                           timer.t, len(dataset.test))
-  wd.write_json(results_path, results)
-  report.write_report(workdir, results)
+  wd.write_json(_path(workdir, "results.json"), results)
   return results
 
 
