@@ -264,7 +264,6 @@ def _check_same_run(old: dict, config, workdir: str) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole pipeline; returns results.json's content."""
   validation.validate_rift(config)
-  validation.check_installed(config)
   workdir = wd.prepare(workdir)
   cfg_path = _path(workdir, "rift_config.json")
   if os.path.exists(cfg_path):

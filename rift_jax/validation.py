@@ -7,10 +7,11 @@ calls one of these at its boundary (`launch/*`, `pipeline.run`):
 - `validate_train(config)`: data, model, method + its block, optim (and its
   schedule), the training attack, eval, init_from;
 - `validate_rift(config)`: the above (or the θ_AT checkpoint) and every
-  `rift.*` block, module names resolved on the abstract model (no compute);
+  `rift.*` block, module names resolved on the abstract model (no compute),
+  and `check_installed`;
 - `validate_evaluate(config)`: data, model and the `evaluate` block;
-- `check_installed(config)`: every optional-looking package a RiFT run
-  imports late (the θ* export, the OOD generator, the plots), imported now.
+- `check_installed(config)`: every package a RiFT run imports late (the θ*
+  export, the OOD generator, the plots), imported now.
 
 Each raises `UserError` with one line naming the full key, the bad value and
 what is allowed; the checks themselves live with the code that uses the
@@ -124,6 +125,7 @@ def validate_rift(config) -> None:
   if r.ood.enabled:
     corruptions.check_block(r.ood, "rift.ood")
   check_modules(config)
+  check_installed(config)
 
 
 def check_installed(config) -> None:

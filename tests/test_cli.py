@@ -61,3 +61,24 @@ def test_rift_bad_input(tmp_path, args, expect):
   proc = run_cli("launch.rift", TINY, f"--workdir={tmp_path}/w", *args)
   assert expect in _one_error_line(proc)
   assert not os.path.exists(tmp_path / "w")  # nothing written, nothing trained
+
+
+def test_rift_missing_package_fails_in_the_first_second(tmp_path):
+  """A package the run would import only at its end (the θ* export's
+  safetensors) is checked before any work: one line naming it and how to
+  install it, exit 2, nothing written."""
+  import subprocess
+  import sys
+
+  from tests.conftest import REPO
+  code = ("import sys, runpy; sys.modules['safetensors.numpy'] = None; "
+          "sys.argv = ['launch.rift'] + sys.argv[1:]; "
+          "runpy.run_module('launch.rift', run_name='__main__', alter_sys=True)")
+  proc = subprocess.run(
+      [sys.executable, "-c", code, TINY, f"--workdir={tmp_path}/w"], cwd=REPO,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=300)
+  line = _one_error_line(proc)
+  assert "'safetensors'" in line and "theta_star.safetensors" in line
+  assert "make install" in line
+  assert not os.path.exists(tmp_path / "w")

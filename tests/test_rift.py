@@ -173,7 +173,7 @@ def test_select_alpha_on_hand_made_curves():
     interpolation.check_alphas([0.5, 1.0])
 
 
-def test_launch_rift_end_to_end_resume_and_ablations(tmp_path):
+def test_launch_rift_end_to_end_resume_and_ablations(tmp_path, monkeypatch):
   from tests.conftest import run_cli
   wd = str(tmp_path / "rift")
   proc = run_cli("launch.rift", "--config=tests/configs/tiny.py", f"--workdir={wd}")
@@ -224,7 +224,24 @@ def test_launch_rift_end_to_end_resume_and_ablations(tmp_path):
   cfg.rift.at_checkpoint = os.path.join(wd, "at")
   cfg.rift.ablations = ("last",)
   cfg.rift.ood.enabled = False
-  abl = pipeline.run(cfg, str(tmp_path / "abl"))
+  # An export that fails loses nothing: results.json and report.md are
+  # written before it, and the re-run only adds the export.
+  from rift_jax import convert
+
+  def broken_export(*args, **kwargs):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(convert, "export_like", broken_export)
+  abl_dir = tmp_path / "abl"
+  with pytest.raises(OSError, match="disk full"):
+    pipeline.run(cfg, str(abl_dir))
+  assert (abl_dir / "results.json").exists() and (abl_dir / "report.md").exists()
+  assert not (abl_dir / "theta_star.safetensors").exists()
+  written = os.path.getmtime(abl_dir / "results.json")
+  monkeypatch.undo()
+  abl = pipeline.run(cfg, str(abl_dir))
+  assert (abl_dir / "theta_star.safetensors").exists()
+  assert os.path.getmtime(abl_dir / "results.json") == written
   assert abl["ablations"]["last"]["modules"] == ["linear"]
   assert abl["at"]["clean"] == pytest.approx(saved["at"]["clean"])
   with open(tmp_path / "abl" / "report.md") as f:
