@@ -18,8 +18,11 @@ Tiny-ImageNet). For a GPU/TPU user with the data prepared in TFDS's data_dir
 Variant: `<dataset>,<model>[,<method>]`. The base model is trained with the
 Bag-of-Tricks recipe (configs/methods_paper.py) unless rift.at_checkpoint is
 set. RiFT settings (docs/algorithms.md): MRC ε = 0.1, SGD lr 1, 10 passes,
-batch 512, per-pass projection, fixed set = 2,000 validation images
-(the official code used the test set); fine-tuning SGD 0.9, wd 5e-4, lr 1e-3,
+batch 100 (the official 200 ascent steps a module: 20 a pass), per-pass
+projection, fixed set = 2,000 validation images (the official code used the
+test set: 10,000 images, batch 512); the module fine-tuned is the lowest-MRC
+3×3 block convolution (rift.finetune.candidates='conv3x3', as every module
+the authors published); fine-tuning SGD 0.9, wd 5e-4, lr 1e-3,
 batch 128, 10 epochs, ×0.1 after 5, BN statistics updated; α ∈ {0, .1, …, 1}
 chosen on validation (robust ≥ robust(α=0) − 0.1 pp); test: PGD-10 ×3
 restarts; OOD: CIFAR10-C / CIFAR100-C / Tiny-ImageNet-C, 15 standard types,
@@ -58,6 +61,7 @@ def get_config(arg: str = "cifar10,resnet18"):
     c.data.data_dir = "~/data/tiny-imagenet-200"
   c.data.val_size = 2000
   c.rift.mrc.num_examples = 2000
+  c.rift.mrc.batch_size = 100   # 20 ascent steps a pass, 200 a module
   source, root = OOD[dataset]
   c.rift.ood.enabled = True
   c.rift.ood.source = source

@@ -61,8 +61,10 @@ def get_config(arg: str = "pgd_at"):
   if option == "fast":
     c.data.train_size, c.data.val_size, c.data.test_size = 3000, 500, 500
     c.optim.epochs, c.optim.lr_decay_epochs = 3, (2,)
-    c.rift.mrc.num_examples, c.rift.mrc.num_passes = 256, 3
-    c.rift.mrc.batch_size = 256
+    # 256 fixed examples in batches of 13: 20 ascent steps a pass, 200 a
+    # module (the official count).
+    c.rift.mrc.num_examples, c.rift.mrc.num_passes = 256, 10
+    c.rift.mrc.batch_size = 13
     c.rift.finetune.optim.epochs = 4
     c.rift.finetune.optim.lr_decay_epochs = (2,)
     c.rift.alphas = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)

@@ -12,8 +12,9 @@ Threat model: L∞ ε = 0.1, PGD-5 (step 0.03) for training, PGD-10 (step
 0.025) for validation and test (configs/quickstart.py).
 θ_AT: ResNet-18 (CIFAR stem) at width 8, PGD-AT until the validation robust
 accuracy has stopped rising (the curve is in study.md / study.png).
-MRC: 1,000 fixed validation examples, the official 10 passes (batches of
-500: two full batches instead of 512 + a padded one).
+MRC: 1,000 fixed validation examples in batches of 50, the official 10
+passes: the official 200 ascent steps a module (20 a pass; the official
+code: 10,000 examples in batches of 512).
 Fine-tuning: the paper's recipe (SGD 0.9, wd 5e-4, batch 128, 10 epochs,
 ×0.1 after 5) at the paper's lr 1e-3 (`rift.finetune.lr_sweep` takes more
 lrs, chosen on validation; each adds ~24 min a seed here).
@@ -47,7 +48,7 @@ def get_config():
   c.eval.batch_size = 500
   c.rift.mrc.num_examples = 1000
   c.rift.mrc.num_passes = 10
-  c.rift.mrc.batch_size = 500
+  c.rift.mrc.batch_size = 50
   c.rift.finetune.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, momentum=0.9, weight_decay=5e-4, nesterov=False, batch_size=128,
       epochs=10, schedule="piecewise", lr_decay_epochs=(5,), lr_decay_factor=0.1))

@@ -62,6 +62,7 @@ class MRCResult:
   base_loss: float      # L_rob(θ)
   base_acc: float       # robust accuracy of θ on the fixed set, in %
   loss_per_pass: tuple[float, ...] = ()
+  steps_per_pass: int = 0  # ascent steps in one pass over the fixed set
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -462,7 +463,8 @@ def mrc(fns: models.ModelFns, variables, x_adv, y, *,
                               relative_norm=best[j][2],
                               base_loss=float(base_loss[j]),
                               base_acc=float(base_acc[j]),
-                              loss_per_pass=tuple(curve[j]))
+                              loss_per_pass=tuple(curve[j]),
+                              steps_per_pass=len(weights))
     bar.update(len(group))
   bar.close()
   return {nm: results[nm] for nm in names}

@@ -300,7 +300,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         best = (key, theta_ft, ft_info, curve, lr)
     _, theta_ft, ft_info, curve, lr = best
     alpha = float(curve["chosen"]["alpha"])
-    return {"modules": modules, "lr": lr, "alpha": alpha, "curve": curve,
+    return {"modules": modules, "candidates": candidates, "lr": lr,
+            "alpha": alpha, "curve": curve,
             "finetune": ft_info, "theta_ft": theta_ft,
             "theta_star": interpolation.mix(theta_at, theta_ft, alpha),
             "lr_sweep": [float(x) for x in lrs]}
@@ -372,7 +373,11 @@ def build_results(config, rec, scores, main, ablations, at_source, timing,
       "target": r.finetune.target,
       "method": config.method,
       "mrc": {k: {"mrc": v.mrc, "adv_acc_drop": v.adv_acc_drop,
-                  "relative_norm": v.relative_norm} for k, v in scores.items()},
+                  "relative_norm": v.relative_norm,
+                  "steps_per_pass": v.steps_per_pass,
+                  "steps": v.steps_per_pass * len(v.loss_per_pass)}
+              for k, v in scores.items()},
+      "candidates": main["candidates"],
       "interpolation": main["curve"]["curve"],
       "interpolation_band": main["curve"].get("band"),
       "interpolation_split": "validation",

@@ -172,13 +172,23 @@ def markdown(results: dict) -> str:
                    f"{_fmt(a.get('ood'))} | {_fmt(a['adv'])} | "
                    f"{delta_cell(ap.get('clean'))} | {delta_cell(ap.get('adv'))} |")
     lines.append("")
+  cands = results.get("candidates")
   lines += ["## MRC ranking (lowest first)", "",
-            "| rank | module | MRC | robust acc drop (pp) | ‖Δw‖/‖w‖ |",
-            "|---|---|---|---|---|"]
+            "‖Δw‖/‖w‖ at the MRC point (the ball's radius is ε); steps: ascent "
+            "steps per pass × passes."
+            + (" Candidate: a module the fine-tuning target may pick "
+               f"(rift.finetune.candidates="
+               f"{cfg.get('rift', {}).get('finetune', {}).get('candidates')!r})."
+               if cands else ""), "",
+            "| rank | module | MRC | robust acc drop (pp) | ‖Δw‖/‖w‖ | steps "
+            "| candidate |", "|---|---|---|---|---|---|---|"]
   ranked = sorted(results["mrc"].items(), key=lambda kv: kv[1]["mrc"])
   for i, (name, v) in enumerate(ranked, 1):
+    steps = (f"{v['steps_per_pass']} × {v['steps'] // max(v['steps_per_pass'], 1)}"
+             if v.get("steps_per_pass") else "–")
+    cand = "–" if cands is None else ("yes" if name in cands else "")
     lines.append(f"| {i} | `{name}` | {v['mrc']:.4g} | {v['adv_acc_drop']:.2f} | "
-                 f"{v['relative_norm']:.3f} |")
+                 f"{v['relative_norm']:.3f} | {steps} | {cand} |")
   hist = results.get("finetune_history")
   if hist:
     lines += ["", "## Fine-tuning curve (validation clean accuracy)", "",
