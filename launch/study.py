@@ -3,9 +3,11 @@
   python -m launch.study --config=configs/study.py --workdir=runs/study --seeds=0,1,2
 
 Runs `launch.rift`'s pipeline for every seed into <workdir>/seed_<k>/, then the
-investigation variants of `config.study` (rift_jax/study.py), and writes
-study.json, study.md and study.png. Resumable after a kill at any point: run
-the same command again. `--aggregate_only` re-reads finished runs.
+investigation variants of `config.study` (rift_jax/study.py), copies each
+finished seed into `config.study.results_dir`, and writes study.json,
+study.md and study.png there. Resumable after a kill at any point: run the
+same command again. `--aggregate_only` rebuilds the tables from the
+finished seeds alone.
 """
 from absl import flags
 
@@ -28,7 +30,14 @@ def main():
                     "--seeds=0,1,2") from None
   workdir = common.workdir_flag("the study")
   if FLAGS.aggregate_only:
-    out = study.aggregate(workdir, seeds, FLAGS.config)
+    # From the committed seeds (study.results_dir) when the config keeps
+    # them, else from the workdir; a seed that has not finished is left out.
+    where = FLAGS.config.study.get("results_dir") or workdir
+    done = [s for s in seeds if s in study.finished_seeds(where)]
+    if not done:
+      raise UserError(f"no finished seed among --seeds={','.join(map(str, seeds))} "
+                      f"in {where!r}")
+    out = study.aggregate(where, done, FLAGS.config)
   else:
     out = study.run(FLAGS.config, workdir, seeds)
   print(study.markdown(out))

@@ -408,15 +408,20 @@ def correctness_table(sets: Sets, correct_fn: Callable[[data.Split], np.ndarray]
   if not cells:
     return {}
   splits = [sets[n][s] for n, s in cells]
-  ok = np.asarray(correct_fn(data.Split(
-      np.concatenate([sp.images for sp in splits]),
-      np.concatenate([sp.labels for sp in splits]))), bool)
+  ok = np.asarray(correct_fn(concatenate(sets)), bool)
   out: dict[str, dict[int, np.ndarray]] = {n: {} for n in sets}
   start = 0
   for (n, s), sp in zip(cells, splits):
     out[n][s] = ok[start:start + len(sp)]
     start += len(sp)
   return out
+
+
+def concatenate(sets: Sets) -> data.Split:
+  """Every (corruption, severity) set in one split, in `sets` order."""
+  splits = [sp for by_sev in sets.values() for sp in by_sev.values()]
+  return data.Split(np.concatenate([sp.images for sp in splits]),
+                    np.concatenate([sp.labels for sp in splits]))
 
 
 def accuracy_of(table: Mapping[str, Mapping[int, np.ndarray]]
@@ -426,12 +431,16 @@ def accuracy_of(table: Mapping[str, Mapping[int, np.ndarray]]
           for n, by in table.items()}
 
 
-def per_image(table: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
-  """Correctness `[n, cells]` over the images all cells share (the first n):
-  the per-image input of a paired bootstrap of the mean OOD accuracy."""
-  cells = [v for by in table.values() for v in by.values()]
-  n = min(v.size for v in cells)
-  return np.stack([v[:n] for v in cells], axis=1)
+def per_image(table: Mapping[str, Mapping[int, np.ndarray]],
+              names: Sequence[str] | None = None) -> np.ndarray:
+  """Correctness `[..., cells, n]` over the images all cells share (the
+  first n; a cell's array is `[n]`, or `[seeds, n]` pooled): the input of a
+  paired bootstrap of the mean OOD accuracy, images on the last axis
+  (`rift_jax.stats`). `names`: only these corruptions (default: all)."""
+  cells = [v for c, by in table.items() if names is None or c in names
+           for v in by.values()]
+  n = min(v.shape[-1] for v in cells)
+  return np.stack([v[..., :n] for v in cells], axis=-2)
 
 
 def describe_set(names: Sequence[str]) -> str:

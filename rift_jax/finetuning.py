@@ -32,13 +32,15 @@ convolutions, the kind of module the paper's chosen layers are).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rift_jax import attacks, data, evaluate, models, objectives, sharding, train
+from rift_jax import (attacks, checkpoint, data, evaluate, models, objectives,
+                      sharding, train)
 from rift_jax.errors import UserError, check_choice, check_range
 
 TARGETS = ("non_robust_critical", "robust_critical", "all", "last", "topk",
@@ -83,8 +85,11 @@ def target_modules(target: str, scores: dict, candidates: Sequence[str], k: int,
                    explicit: Sequence[str] = ()) -> list[str]:
   """Which modules a fine-tuning target means (paper Table 3 ablations).
 
-  scores: {module: criticality.MRCResult}; candidates: the modules allowed
-  (`candidate_modules`), in network order.
+  scores: {module: criticality.MRCResult}, every scored module in network
+  order; candidates: the modules an MRC-ranked target (non_robust_critical,
+  robust_critical, topk) may pick (`candidate_modules`). 'all' and 'last'
+  are the paper's "all layers" and "last layer": every scored module, and
+  the last one (the classifier), whatever the candidates.
   """
   check_choice("rift.finetune.target", target, TARGETS)
   ranked = sorted((m for m in candidates if m in scores),
@@ -99,9 +104,9 @@ def target_modules(target: str, scores: dict, candidates: Sequence[str], k: int,
   if target == "robust_critical":
     return ranked[-1:]
   if target == "all":
-    return list(candidates)
+    return list(scores)
   if target == "last":
-    return [list(candidates)[-1]]
+    return [list(scores)[-1]]
   return list(explicit)
 
 
@@ -109,12 +114,17 @@ def finetune(fns: models.ModelFns, variables, dataset: data.Dataset,
              modules: Sequence[str], optim: ml_collections.ConfigDict | None = None,
              *, update_batch_stats: bool = True, augment: bool = True,
              seed: int = 0, eval_batch_size: int = 256, mesh=None,
-             progress: bool = True) -> FinetuneResult:
+             progress: bool = True, checkpoint_dir: str | None = None,
+             stop_after_epoch: int | None = None) -> FinetuneResult:
   """RiFT step 2: fine-tunes `modules` of θ (`variables`) with clean CE.
 
   `modules` are names from `models.perturbable_modules` (validated here).
   Returns θ_FT, the epoch with the best validation clean accuracy (θ itself,
   epoch 0, is recorded in the history but is not a candidate).
+  `checkpoint_dir`: the train state is saved there after every epoch (and
+  the best epoch's variables), and a call that finds one resumes after its
+  epoch — the same numbers as an uninterrupted run. `stop_after_epoch`
+  ends the call early after that epoch (a killed run, in tests).
   """
   optim = optim or default_optim()
   params = variables["params"]
@@ -129,7 +139,7 @@ def finetune(fns: models.ModelFns, variables, dataset: data.Dataset,
   steps_per_epoch = len(dataset.train) // batch_size
   tx = train.make_optimizer(optim, steps_per_epoch,
                             mask=models.module_mask(params, modules),
-                            prefix="rift.finetune.optim")
+                            prefix="rift.finetune.optim", allow_zero_lr=True)
   # The train step donates its state: copy, so θ's buffers stay valid.
   own = jax.tree_util.tree_map(jnp.copy, variables)
   state = sharding.replicate(
@@ -144,19 +154,40 @@ def finetune(fns: models.ModelFns, variables, dataset: data.Dataset,
   def val_clean(v) -> float:
     return float(evaluator(v, dataset.val, jax.random.PRNGKey(0))["clean"])
 
-  best_vars = [None]
+  # history: epoch 0 (θ itself) and one record per epoch run so far.
+  best_vars, latest, best = [None], None, None
+  start_epoch, best_score, best_epoch, history = 0, -float("inf"), 0, None
+  if checkpoint_dir:
+    latest = checkpoint.Checkpointer(os.path.join(checkpoint_dir, "latest"))
+    best = checkpoint.Checkpointer(os.path.join(checkpoint_dir, "best"))
+    if latest.latest_step() is not None:
+      state, meta = latest.restore(state)
+      start_epoch, best_epoch = int(meta["epoch"]), int(meta["best_epoch"])
+      best_score, history = float(meta["best_score"]), list(meta["history"])
+      best_vars[0], _ = best.restore(jax.device_get(state.variables))
+  history = history or [{"epoch": 0, "val_clean": val_clean(variables)}]
 
   def keep_best(state, record, best_epoch, best_score):
+    history.append(record)
     if best_epoch == record["epoch"]:
       best_vars[0] = jax.device_get(state.variables)
+      if best is not None:
+        best.save(record["epoch"], state.variables, {"epoch": record["epoch"]})
+    if latest is not None:
+      latest.save(record["epoch"], state, {
+          "epoch": record["epoch"], "best_epoch": best_epoch,
+          "best_score": best_score, "history": history})
 
   result = train.fit(
       state, step, dataset.train, batch_size=batch_size, seed=seed,
       epochs=int(optim.epochs), mesh=mesh,
       validate=lambda s, e: {"val_clean": val_clean(s.variables)},
       select="val_clean", on_epoch=keep_best, desc=f"fine-tune {','.join(modules)}",
-      what="fine-tuning", progress=progress,
-      nonfinite_hint="θ is unchanged; lower rift.finetune.optim.lr")
-  history = [{"epoch": 0, "val_clean": val_clean(variables)}] + result.history
+      what="fine-tuning", progress=progress, start_epoch=start_epoch,
+      best_score=best_score, best_epoch=best_epoch,
+      stop_after_epoch=stop_after_epoch, nonfinite_hint="θ is unchanged; lower rift.finetune.optim.lr")
+  for c in (latest, best):
+    if c is not None:
+      c.close()
   return FinetuneResult(best_vars[0], modules, result.best_epoch,
                         float(result.best_score), history)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rift_jax import data, evaluate, models
-from rift_jax.errors import UserError, check_range
+from rift_jax.errors import UserError, check_choice, check_range
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -89,18 +89,32 @@ def evaluate_alphas(fns: models.ModelFns, theta_at, theta_ft,
   return out, {"clean": np.concatenate(clean), "adv": np.concatenate(adv)}
 
 
-def select_alpha(curve: Sequence[dict], tolerance: float = 0.1) -> dict:
+ALPHA_RULES = ("robust", "robust_and_ood")
+
+
+def select_alpha(curve: Sequence[dict], tolerance: float = 0.1,
+                 rule: str = "robust") -> dict:
   """Paper rule on validation numbers; returns the chosen entry of `curve`.
 
-  curve: [{'alpha', 'clean', 'adv'}, ...] containing α = 0 (the reference).
-  Ties in clean accuracy go to the larger robust accuracy, then smaller α.
+  curve: [{'alpha', 'clean', 'adv'[, 'ood']}, ...] containing α = 0 (the
+  reference). 'robust' (the paper's): the highest clean accuracy among the α
+  with adv(α) ≥ adv(0) − tolerance. 'robust_and_ood': also ood(α) ≥ ood(0) −
+  tolerance, ood = clean accuracy on corrupted validation images
+  (`rift.ood_val`), so the chosen α may not trade corruption accuracy for
+  clean accuracy. Ties in clean accuracy go to the larger robust accuracy,
+  then smaller α.
   """
   check_range("rift.tolerance", tolerance, 0.0)
+  check_choice("rift.alpha_rule", rule, ALPHA_RULES)
   ref = [c for c in curve if c["alpha"] == 0.0]
   if not ref:
     raise UserError("rift.alphas must contain 0.0 (θ_AT is the robustness reference)")
-  floor = ref[0]["adv"] - tolerance
-  ok = [c for c in curve if c["adv"] >= floor - 1e-9]
+  keys = ("adv", "ood") if rule == "robust_and_ood" else ("adv",)
+  if any(k not in c for c in curve for k in keys):
+    raise UserError(f"rift.alpha_rule={rule!r} needs {' and '.join(keys)} "
+                    "accuracy for every α (set rift.ood_val.enabled=True)")
+  ok = [c for c in curve
+        if all(c[k] >= ref[0][k] - tolerance - 1e-9 for k in keys)]
   return max(ok, key=lambda c: (c["clean"], c["adv"], -c["alpha"]))
 
 

@@ -27,8 +27,10 @@ Workdir layout:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -93,22 +95,30 @@ def stage_mrc(config, workdir, fns, theta_at, x, y, mesh, timer):
     return {k: criticality.MRCResult(**{**v, "loss_per_pass": tuple(v["loss_per_pass"])})
             for k, v in wd.read_json(path).items()}
   with timer.stage("mrc"):
-    r = config.rift.mrc
-    modules = models.resolve_modules(theta_at["params"], r.include or None,
-                                     r.exclude or None)
-    res = criticality.mrc(
-        fns, theta_at, x, y, modules=modules, epsilon=float(r.epsilon),
-        learning_rate=float(r.learning_rate), num_passes=int(r.num_passes),
-        batch_size=int(r.batch_size), projection=r.projection, mode=r.mode,
-        route=r.route, vmap_chunk=int(r.vmap_chunk), mesh=mesh,
-        prefix_cache_mb=float(r.prefix_cache_mb), progress=True)
+    res = criticality.mrc(fns, theta_at, x, y, **mrc_settings(config, theta_at),
+                          mesh=mesh, progress=True)
     wd.write_json(path, {k: v.to_dict() for k, v in res.items()})
   return res
 
 
+def mrc_settings(config, theta_at) -> dict:
+  """`criticality.mrc`'s keyword arguments from the `rift.mrc` block."""
+  r = config.rift.mrc
+  return dict(
+      modules=models.resolve_modules(theta_at["params"], r.include or None,
+                                     r.exclude or None),
+      epsilon=float(r.epsilon), learning_rate=float(r.learning_rate),
+      num_passes=int(r.num_passes), batch_size=int(r.batch_size),
+      projection=r.projection, mode=r.mode, route=r.route,
+      vmap_chunk=int(r.vmap_chunk), prefix_cache_mb=float(r.prefix_cache_mb))
+
+
 def stage_finetune_and_interpolate(config, workdir, run_name, fns, theta_at,
-                                   modules, dataset, mesh, timer, optim):
-  """Fine-tunes `modules`, then the validation α-curve; cached per run."""
+                                   modules, dataset, mesh, timer, optim,
+                                   ood_val=None):
+  """Fine-tunes `modules`, then the validation α-curve (with OOD accuracy
+  on corrupted validation images when `ood_val` gives them), and chooses α
+  by `rift.alpha_rule`; cached per run."""
   run_dir = _path(workdir, "finetune", run_name)
   ft_json = _path(run_dir, "finetune.json")
   curve_json = _path(run_dir, "interpolation.json")
@@ -123,7 +133,8 @@ def stage_finetune_and_interpolate(config, workdir, run_name, fns, theta_at,
           fns, theta_at, dataset, modules, optim,
           update_batch_stats=bool(r.finetune.update_batch_stats),
           augment=bool(r.finetune.augment), seed=int(config.seed),
-          eval_batch_size=int(config.eval.batch_size), mesh=mesh)
+          eval_batch_size=int(config.eval.batch_size), mesh=mesh,
+          checkpoint_dir=_path(run_dir, "checkpoints"))
       theta_ft = res.variables
       checkpoint.save_variables(ft_vars_dir, theta_ft, {"modules": res.modules,
                                                         "lr": float(optim.lr)})
@@ -131,6 +142,8 @@ def stage_finetune_and_interpolate(config, workdir, run_name, fns, theta_at,
                  "best_val_clean": res.best_val_clean, "lr": float(optim.lr),
                  "history": res.history}
       wd.write_json(ft_json, ft_info)
+      # θ_FT and its record are kept: the per-epoch resume state is not.
+      shutil.rmtree(_path(run_dir, "checkpoints"), ignore_errors=True)
   if os.path.exists(curve_json):
     curve_info = wd.read_json(curve_json)
   else:
@@ -149,7 +162,36 @@ def stage_finetune_and_interpolate(config, workdir, run_name, fns, theta_at,
                     "tolerance": float(r.tolerance),
                     "band": report.curve_band(res.curve, res.per_example)}
       wd.write_json(curve_json, curve_info)
+  if ood_val is not None:
+    ood = stage_ood_curve(config, run_dir, fns, theta_at, theta_ft, ood_val,
+                          mesh, timer)
+    curve_info["curve"] = [{**c, "ood": ood[f"{c['alpha']:g}"]}
+                           for c in curve_info["curve"]]
+  if r.alpha_rule != "robust":  # interpolation.json holds the robust rule's
+    curve_info["chosen"] = interpolation.select_alpha(
+        curve_info["curve"], float(r.tolerance), r.alpha_rule)
+  curve_info["rule"] = r.alpha_rule
   return theta_ft, ft_info, curve_info
+
+
+def stage_ood_curve(config, run_dir, fns, theta_at, theta_ft, ood_val, mesh,
+                    timer) -> dict[str, float]:
+  """{f'{α:g}': clean accuracy (%) on the corrupted validation images}."""
+  path = _path(run_dir, "ood_curve.json")
+  if os.path.exists(path):
+    return wd.read_json(path)["ood"]
+  r = config.rift
+  with timer.stage("ood_curve"):
+    sets = ood_val()
+    curve, _ = interpolation.evaluate_alphas(
+        fns, theta_at, theta_ft, r.alphas, corruptions.concatenate(sets), None,
+        jax.random.PRNGKey(0), int(config.eval.batch_size),
+        int(r.alpha_chunk), mesh)
+  ood = {f"{c['alpha']:g}": c["clean"] for c in curve}
+  wd.write_json(path, {"ood": ood, "set": corruptions.describe_set(list(sets)),
+                       "n_images": len(next(iter(next(iter(sets.values())).values()))),
+                       "severities": sorted({s for by in sets.values() for s in by})})
+  return ood
 
 
 def stage_export(workdir: str, exports: dict, at_source: str) -> None:
@@ -173,6 +215,35 @@ def stage_export(workdir: str, exports: dict, at_source: str) -> None:
       tmp = _path(workdir, f".tmp_{name}{suffix}")
       convert.export_like(jax.device_get(variables), layout, tmp)
       os.replace(tmp, path)
+
+
+def stage_bn_swap(config, workdir, fns, theta_at, theta_star, dataset, ood_test,
+                  mesh, timer) -> dict:
+  """Does RiFT's change follow the BatchNorm statistics or the kernels? No
+  training: θ_AT's parameters with θ*'s BN statistics, and θ*'s parameters
+  with θ_AT's statistics, on the test images (clean, adv, OOD), each paired
+  against θ_AT. bn_swap.json, bn_swap_records.npz."""
+  path = _path(workdir, "bn_swap.json")
+  if os.path.exists(path):
+    return wd.read_json(path)
+  swapped = {
+      "at_params_star_stats": {"params": theta_at["params"],
+                               "batch_stats": theta_star["batch_stats"]},
+      "star_params_at_stats": {"params": theta_star["params"],
+                               "batch_stats": theta_at["batch_stats"]}}
+  ood_sets = ood_test()
+  with timer.stage("bn_swap"):
+    rec = {name: test_records(config, fns, v, dataset, ood_sets, mesh, name)
+           for name, v in swapped.items()}
+  records.save(_path(workdir, "bn_swap_records.npz"), records.flatten(rec))
+  at = records.of_model(records.load(_path(workdir, "records.npz")), "at")
+  out = {name: {**{k: v for k, v in summarize_records(rec[name]).items()
+                   if k != "ood_detail"},
+                "paired": paired(at, rec[name], int(config.seed),
+                                 margin=float(config.rift.noninferiority_margin))}
+         for name in swapped}
+  wd.write_json(path, out)
+  return out
 
 
 def test_records(config, fns, variables, dataset, ood_sets, mesh, tag) -> dict:
@@ -215,29 +286,62 @@ def ood_table(rec: dict) -> dict:
   return table
 
 
-def paired(a: dict, b: dict, seed: int = 0) -> dict:
-  """Model b vs model a on the same test images (records of each): Δ in pp
-  with a 95 % paired-bootstrap interval, and a p-value (exact McNemar for
-  clean/adv; for OOD a paired sign-flip permutation test over images of the
-  mean over corruptions × severities)."""
-  n = int(a["clean"].size)
+PERMUTATIONS = 10000   # resamples of every Monte-Carlo p-value
+
+
+def paired(a: dict, b: dict, seed: int = 0, margin: float | None = None) -> dict:
+  """Model b vs model a on the same test images: Δ in pp with a 95 %
+  paired-bootstrap interval over images, and a p-value.
+
+  Records (`test_records`) hold bool `[n]` per key for one run, or `[seeds,
+  n]` for a study's seeds pooled: the same images in every seed, so images
+  are resampled with all their seeds' outcomes kept together (a cluster
+  bootstrap, `rift_jax.stats`). p: exact McNemar for one run's clean/adv; a
+  paired sign-flip permutation test over images otherwise (pooled seeds,
+  and OOD: the per-image mean over corruptions × severities), reported with
+  its floor 1/(R + 1). OOD also per corruption family. `margin` (pp): adv
+  gets `noninferior` — its interval's lower bound above −margin.
+  """
+  n = int(a["clean"].shape[-1])
+  pooled = np.ndim(a["clean"]) > 1
+  floor = stats.p_floor(PERMUTATIONS)
+
+  def entry(xa, xb, exact: bool) -> dict:
+    delta, lo, hi = stats.paired_bootstrap(xa, xb, seed=seed)
+    e = {"delta": delta, "ci95": [lo, hi], "n": int(xa.shape[-1])}
+    if exact:
+      e["p_mcnemar"] = p = stats.mcnemar(xa, xb)
+    else:
+      e["p_permutation"] = p = stats.paired_permutation(
+          xa, xb, num_resamples=PERMUTATIONS, seed=seed)
+      e["p_floor"] = floor
+    e["verdict"] = stats.verdict(lo, hi, p)
+    return e
+
   out = {}
   for k in ("clean", "adv"):
-    delta, lo, hi = stats.paired_bootstrap(a[k], b[k], seed=seed)
-    p = stats.mcnemar(a[k], b[k])
-    out[k] = {"delta": delta, "ci95": [lo, hi], "p_mcnemar": p, "n": n,
-              "verdict": stats.verdict(lo, hi, p)}
+    out[k] = entry(a[k], b[k], exact=not pooled)
+    if pooled:
+      out[k]["seeds"] = int(np.shape(a[k])[0])
+  if margin is not None:
+    out["adv"]["margin"] = float(margin)
+    out["adv"]["noninferior"] = stats.noninferior(out["adv"]["ci95"][0], margin)
   ta, tb = ood_table(a), ood_table(b)
   if ta and tb:
     xa, xb = corruptions.per_image(ta), corruptions.per_image(tb)
-    delta, lo, hi = stats.paired_bootstrap(xa, xb, seed=seed)
-    p = stats.paired_permutation(xa, xb, seed=seed)
-    out["ood"] = {"delta": delta, "ci95": [lo, hi], "p_permutation": p,
-                  "n": int(xa.shape[0]), "cells": int(xa.shape[1]),
-                  "verdict": stats.verdict(lo, hi, p),
+    out["ood"] = {**entry(xa, xb, exact=False), "cells": int(xa.shape[-2]),
                   "test": "paired bootstrap over images of the per-image mean "
-                          "over corruptions × severities; p: paired sign-flip "
-                          "permutation test of the same statistic"}
+                          "over corruptions × severities"
+                          + (" × seeds" if pooled else "")
+                          + "; p: paired sign-flip permutation test of the "
+                          "same statistic"}
+    families: dict = {}
+    for c in ta:
+      families.setdefault(corruptions.FAMILIES.get(c, "other"), []).append(c)
+    out["ood_family"] = {
+        f: {**entry(corruptions.per_image(ta, names), corruptions.per_image(tb, names),
+                    exact=False), "corruptions": names}
+        for f, names in families.items()}
   return out
 
 
@@ -280,6 +384,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   r = config.rift
   candidates = finetuning.candidate_modules(theta_at["params"],
                                             r.finetune.candidates)
+  ood_val = None
+  if r.ood_val.enabled:
+    @functools.cache
+    def ood_val():
+      return corruptions.load_sets(
+          r.ood_val, dataset.val, data_dir=config.data.data_dir,
+          workdir=_path(workdir, "ood_val"), seed=int(r.ood_val.seed),
+          prefix="rift.ood_val")
 
   def run_target(target, name):
     modules = finetuning.target_modules(target, scores, candidates,
@@ -294,7 +406,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       run_name = f"{name}_lr{lr:g}" if r.finetune.lr_sweep else name
       theta_ft, ft_info, curve = stage_finetune_and_interpolate(
           config, workdir, run_name, fns, theta_at, modules, dataset, mesh,
-          timer, optim)
+          timer, optim, ood_val)
       key = (curve["chosen"]["clean"], curve["chosen"]["adv"])
       if best is None or key > best[0]:
         best = (key, theta_ft, ft_info, curve, lr)
@@ -308,12 +420,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   main = run_target(r.finetune.target, r.finetune.target)
   ablations = {a: run_target(a, a) for a in r.ablations if a != r.finetune.target}
+  @functools.cache
+  def ood_test():
+    if not r.ood.enabled:
+      return None
+    with timer.stage("ood_generate"):
+      return corruptions.load_sets(
+          r.ood, dataset.test, data_dir=config.data.data_dir, workdir=workdir,
+          seed=int(r.ood.seed), prefix="rift.ood")
+
   results_path = _path(workdir, "results.json")
   if os.path.exists(results_path):  # the test stage is done: only re-report
     results = wd.read_json(results_path)
   else:
     results = stage_test(config, workdir, fns, theta_at, main, ablations,
-                         scores, at_source, dataset, mesh, timer)
+                         scores, at_source, dataset, ood_test, mesh, timer)
+  if r.bn_swap and "bn_swap" not in results:
+    results["bn_swap"] = stage_bn_swap(config, workdir, fns, theta_at,
+                                       main["theta_star"], dataset, ood_test,
+                                       mesh, timer)
+    wd.write_json(results_path, results)
   report.write_report(workdir, results)
   # The exports come last: they add files, and a failure in them loses
   # nothing computed (results.json and report.md are already written; a
@@ -326,18 +452,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def stage_test(config, workdir, fns, theta_at, main, ablations, scores,
-               at_source, dataset, mesh, timer) -> dict:
+               at_source, dataset, ood_test, mesh, timer) -> dict:
   """θ_AT, θ* and every ablation on the test split (and its corruptions):
   records.npz and results.json."""
-  r = config.rift
-  ood_sets = None
-  if r.ood.enabled:
-    with timer.stage("ood_generate"):
-      ood_sets = corruptions.load_sets(
-          r.ood, dataset.test, data_dir=config.data.data_dir, workdir=workdir,
-          seed=int(r.ood.seed), prefix="rift.ood")
+  ood_sets = ood_test()
+  # θ_AT's records depend only on θ_AT, the test attack, its keys and the
+  # OOD sets: kept apart, so a study's variants (same θ_AT) reuse them.
+  at_path = _path(workdir, "at_test_records.npz")
   with timer.stage("test"):
-    rec = {"at": test_records(config, fns, theta_at, dataset, ood_sets, mesh, "θ_AT"),
+    if os.path.exists(at_path):
+      at_rec = records.load(at_path)
+    else:
+      at_rec = test_records(config, fns, theta_at, dataset, ood_sets, mesh, "θ_AT")
+      records.save(at_path, at_rec)
+    rec = {"at": at_rec,
            "rift": test_records(config, fns, main["theta_star"], dataset,
                                 ood_sets, mesh, "θ*")}
     for name, a in ablations.items():
@@ -360,11 +488,13 @@ def build_results(config, rec, scores, main, ablations, at_source, timing,
     m = summarize_records(rec[name])
     abl_out[name] = {"modules": a["modules"], "alpha": a["alpha"], "lr": a["lr"],
                      **{k: m.get(k) for k in ("clean", "adv", "ood")},
-                     "paired": paired(rec["at"], rec[name], int(config.seed))}
+                     "paired": paired(rec["at"], rec[name], int(config.seed),
+                                      margin=float(r.noninferiority_margin))}
   return {
       "at": {k: at.get(k) for k in ("clean", "adv", "ood")},
       "rift": {k: rift.get(k) for k in ("clean", "adv", "ood")},
-      "paired": paired(rec["at"], rec["rift"], int(config.seed)),
+      "paired": paired(rec["at"], rec["rift"], int(config.seed),
+                       margin=float(r.noninferiority_margin)),
       "module": main["modules"][0] if len(main["modules"]) == 1 else main["modules"],
       "modules": main["modules"],
       "alpha": main["alpha"],
@@ -379,6 +509,7 @@ def build_results(config, rec, scores, main, ablations, at_source, timing,
               for k, v in scores.items()},
       "candidates": main["candidates"],
       "interpolation": main["curve"]["curve"],
+      "alpha_rule": main["curve"]["rule"],
       "interpolation_band": main["curve"].get("band"),
       "interpolation_split": "validation",
       "finetune": {k: v for k, v in main["finetune"].items() if k != "history"},

@@ -49,6 +49,12 @@ def load(path: str) -> dict[str, np.ndarray]:
   return out
 
 
+def of_model(flat: Mapping[str, np.ndarray], model: str) -> dict[str, np.ndarray]:
+  """{'at/clean': v, 'rift/clean': w} -> of_model(..., 'at') = {'clean': v}."""
+  prefix = model + "/"
+  return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+
+
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
   """{'a': {'b': v}} -> {'a/b': v} (keys turned into strings)."""
   out = {}

@@ -36,14 +36,33 @@ def delta_cell(p: dict | None) -> str:
   return f"{_signed(p['delta'])} [{_signed(lo)}, {_signed(hi)}]"
 
 
+def p_value(p: dict) -> float | None:
+  """The p-value of a paired entry (`pipeline.paired`), Holm-adjusted when
+  the entry carries the adjustment (a study's family of tests)."""
+  return p.get("p_holm", p.get("p_mcnemar", p.get("p_permutation")))
+
+
+def p_cell(p: dict) -> str:
+  """'p = 0.012', 'p < 1e-4' at a Monte-Carlo floor, '(Holm)' if adjusted."""
+  pv = p_value(p)
+  if pv is None:
+    return ""
+  floor = None if "p_holm" in p else p.get("p_floor")
+  return stats.format_p(pv, floor) + (" (Holm)" if "p_holm" in p else "")
+
+
 def verdict_cell(p: dict | None) -> str:
   if not p:
     return "–"
-  pv = p.get("p_mcnemar", p.get("p_permutation"))
   v = p["verdict"]
   if v != "significant":
     v += f" at n = {p['n']:,}"
-  return v + (f" (p = {pv:.3g})" if pv is not None else "")
+  pc = p_cell(p)
+  out = v + (f" ({pc})" if pc else "")
+  if "noninferior" in p:
+    out += ("; kept: non-inferior at −" if p["noninferior"]
+            else "; kept: not shown at −") + f"{p['margin']:g} pp"
+  return out
 
 
 # ----------------------------------------------------------- interpolation
@@ -199,16 +218,22 @@ def markdown(results: dict) -> str:
       lines.append(f"| {h['epoch']}{mark} | {_fmt(h.get('train_loss'), 4)} | "
                    f"{h['val_clean']:.2f} |")
   band = {b["alpha"]: b for b in results.get("interpolation_band") or []}
+  has_ood = all("ood" in c for c in results["interpolation"])
   lines += ["", "## Interpolation (validation)", "",
-            "| α | clean | clean 95 % band | adv | adv 95 % band |",
-            "|---|---|---|---|---|"]
+            f"α rule: {results.get('alpha_rule', 'robust')}."
+            + (" OOD: clean accuracy on corrupted validation images "
+               "(rift.ood_val)." if has_ood else ""), "",
+            "| α | clean | clean 95 % band | adv | adv 95 % band |"
+            + (" OOD |" if has_ood else ""),
+            "|---|---|---|---|---|" + ("---|" if has_ood else "")]
   for c in results["interpolation"]:
     mark = " ←" if abs(c["alpha"] - results["alpha"]) < 1e-9 else ""
     b = band.get(c["alpha"])
     cb = f"[{b['clean_lo']:.2f}, {b['clean_hi']:.2f}]" if b else "–"
     ab = f"[{b['adv_lo']:.2f}, {b['adv_hi']:.2f}]" if b else "–"
     lines.append(f"| {c['alpha']:.2f}{mark} | {c['clean']:.2f} | {cb} | "
-                 f"{c['adv']:.2f} | {ab} |")
+                 f"{c['adv']:.2f} | {ab} |"
+                 + (f" {c['ood']:.2f} |" if has_ood else ""))
   if band:
     lines += ["", "Bands: acc(α=0) + the 95 % paired-bootstrap interval of "
               "acc(α) − acc(α=0) on the validation images; where a band covers "
@@ -219,6 +244,25 @@ def markdown(results: dict) -> str:
               "| corruption | AT | AT+RiFT |", "|---|---|---|"]
     for name, v in det["at"]["per_corruption"].items():
       lines.append(f"| {name} | {v:.2f} | {det['rift']['per_corruption'][name]:.2f} |")
+  fam = p.get("ood_family")
+  if fam:
+    lines += ["", "## OOD per corruption family (test, paired)", "",
+              "| family | corruptions | Δ [95 % paired CI] | verdict |",
+              "|---|---|---|---|"]
+    for name, e in fam.items():
+      lines.append(f"| {name} | {', '.join(e['corruptions'])} | {delta_cell(e)} "
+                   f"| {verdict_cell(e)} |")
+  swap = results.get("bn_swap")
+  if swap:
+    lines += ["", "## BatchNorm swap (test, no training; Δ vs AT, 95 % paired CI)",
+              "", "Does RiFT's change follow the BN statistics or the kernels?", "",
+              "| model | Std | OOD | Adv |", "|---|---|---|---|"]
+    names = {"at_params_star_stats": "θ_AT's parameters, θ*'s BN statistics",
+             "star_params_at_stats": "θ*'s parameters, θ_AT's BN statistics"}
+    for name, e in swap.items():
+      lines.append(f"| {names.get(name, name)} | " + " | ".join(
+          f"{_fmt(e.get(k))} ({delta_cell(e['paired'].get(k))})"
+          for k in ("clean", "ood", "adv")) + " |")
   lines += ["", "## Timing (s)", "", "| stage | seconds |", "|---|---|"]
   for k, v in results.get("timing_s", {}).items():
     lines.append(f"| {k} | {v:.1f} |")

@@ -45,7 +45,9 @@ def validate(optim, prefix: str = "optim") -> None:
   check_choice(f"{prefix}.schedule", name, SCHEDULES)
   epochs = int(optim.epochs)
   check_range(f"{prefix}.epochs", epochs, 1)
-  check_range(f"{prefix}.lr", float(optim.lr), 0.0, low_open=True)
+  # lr > 0 is the optimiser's check (train.check_optim), which lets RiFT's
+  # statistics-only fine-tuning diagnostic run at lr 0.
+  check_range(f"{prefix}.lr", float(optim.lr), 0.0)
   if name == "piecewise":
     check_range(f"{prefix}.lr_decay_factor", float(optim.lr_decay_factor), 0.0)
     for e in optim.lr_decay_epochs:

@@ -1,8 +1,8 @@
 """Paired significance tests and seed summaries for accuracy comparisons.
 
-Pure numpy (and the standard library); importing this module imports neither
-JAX nor TensorFlow, and scipy only lazily, when `seed_summary` asks for a t
-quantile and scipy happens to be installed.
+numpy, with scipy (imported when a function needs it) for the binomial and
+Student-t distributions; importing this module imports neither JAX,
+TensorFlow nor scipy.
 
 Two models A and B are compared on the same n examples through boolean
 correctness vectors `a, b: [n]` (True = classified correctly). Everything
@@ -10,17 +10,23 @@ works on the per-example difference
 
     d_i = b_i − a_i  ∈ {−1, 0, +1},        Δ = mean(d) = acc(B) − acc(A).
 
-The same functions accept `a, b: [n, k]`: k outcomes per example (for the
-OOD comparison, one image under k = corruptions × severities), and then the
-per-example statistic is the row mean, d_i = mean_j(b_ij − a_ij), so Δ is the
-difference of the mean corruption accuracies and the resampling unit is still
-the image (the k outcomes of one image are never split up).
+The same functions accept `a, b: [..., n]`: the LAST axis indexes the
+examples (the resampling unit) and every leading axis holds more outcomes of
+the same example — the seeds of a study (`[seeds, n]`: every seed's models
+are tested on the same images), or the corruptions × severities of one image
+(`[cells, n]`), or both (`[seeds, cells, n]`). The per-example statistic is
+then the mean over the leading axes, d_i = mean(b[..., i] − a[..., i]), so Δ
+is the pooled difference and an example's outcomes are never split up (a
+cluster bootstrap over images; treating the rows as independent examples
+would shrink the interval by about √rows when they are correlated).
 
   paired_bootstrap    Δ in percentage points with a percentile bootstrap CI
   mcnemar             exact two-sided McNemar p (1-D correctness only)
   paired_permutation  two-sided sign-flip permutation p of mean(d)
   seed_summary        mean, sample std and t-interval over seeds
-  verdict, describe   one-word verdict and a one-line summary
+  holm                Holm's step-down adjustment of a family of p-values
+  noninferior         is a drop ruled out beyond a margin?
+  verdict, describe, format_p   words and numbers for reports
 """
 from __future__ import annotations
 
@@ -36,8 +42,6 @@ _BLOCK_ELEMENTS = 4_000_000
 # Counts-based resampling is used when d has at most this many distinct
 # values (or up to n // 8); otherwise example indices / signs are drawn.
 _MIN_COUNT_VALUES = 16
-# McNemar: exact big-integer arithmetic up to this many discordant pairs.
-_EXACT_BINOMIAL_MAX_N = 20_000
 
 
 def _check_level(level: float) -> None:
@@ -55,18 +59,20 @@ def paired_differences(a, b) -> np.ndarray:
 
   Args:
     a, b: correctness of models A and B on the same examples, `[n]` or
-      `[n, k]`, bool or numbers in [0, 1]; same shape.
+      `[..., n]` (leading axes: more outcomes of each example, e.g. seeds),
+      bool or numbers in [0, 1]; same shape.
 
   Returns:
-    `[n]`: b − a for 1-D inputs; the row mean mean_j(b_ij − a_ij) for 2-D.
+    `[n]`: b − a for 1-D inputs; else the mean over the leading axes,
+    mean(b[..., i] − a[..., i]).
   """
   a = np.asarray(a)
   b = np.asarray(b)
   if a.shape != b.shape:
     raise UserError(f"a and b must have the same shape, got {a.shape} and "
                     f"{b.shape}")
-  if a.ndim not in (1, 2) or a.shape[0] == 0 or a.size == 0:
-    raise UserError(f"a and b must be non-empty [n] or [n, k] arrays, got "
+  if a.ndim < 1 or a.size == 0:
+    raise UserError(f"a and b must be non-empty [n] or [..., n] arrays, got "
                     f"shape {a.shape}")
   a = a.astype(np.float64)
   b = b.astype(np.float64)
@@ -74,10 +80,10 @@ def paired_differences(a, b) -> np.ndarray:
     if not np.all((x >= 0) & (x <= 1)):  # also rejects NaN
       raise UserError(f"{name} must hold correctness values in [0, 1] "
                       "(bool or fractions, not percentages)")
-  d = b - a
-  # Row sums of {−1, 0, 1} are exact integers, so equal numerators give
+  d = (b - a).reshape(-1, a.shape[-1])
+  # Column sums of {−1, 0, 1} are exact integers, so equal numerators give
   # bit-identical d_i (which the counts-based resampling relies on).
-  return d if d.ndim == 1 else d.sum(axis=1) / d.shape[1]
+  return d[0] if d.shape[0] == 1 else d.sum(axis=0) / d.shape[0]
 
 
 def _blocks(total: int, per_item: int) -> Iterator[int]:
@@ -124,17 +130,19 @@ def paired_bootstrap(a, b, num_resamples: int = 10000, seed: int = 0,
                      level: float = 0.95) -> tuple[float, float, float]:
   """Accuracy difference B − A with a paired percentile bootstrap interval.
 
-  With d_i = b_i − a_i (or the row mean of b − a for `[n, k]` inputs, see
-  the module docstring), Δ = 100·mean(d) percentage points. Each resample
-  draws n example indices with replacement — the same indices for A and B,
-  which keeps the pairing — and records 100·mean(d[idx]); the interval is
-  the ((1 − level)/2, (1 + level)/2) quantiles of the `num_resamples`
-  resampled means (linear interpolation). Deterministic for a seed.
+  With d_i = b_i − a_i (or the mean over the leading axes of b − a for
+  `[..., n]` inputs, see the module docstring), Δ = 100·mean(d) percentage
+  points. Each resample draws n example indices with replacement — the same
+  indices for A and B, which keeps the pairing, and for every seed / cell of
+  an example, which keeps the cluster — and records 100·mean(d[idx]); the
+  interval is the ((1 − level)/2, (1 + level)/2) quantiles of the
+  `num_resamples` resampled means (linear interpolation). Deterministic for
+  a seed.
 
   Args:
     a, b: `[n]` bool correctness of models A and B on the same examples, or
-      `[n, k]` (k outcomes per example; the per-example statistic is the row
-      mean and examples, not single outcomes, are resampled).
+      `[..., n]` (e.g. `[seeds, n]`: the last axis is resampled, each
+      example's outcomes over the leading axes stay together).
     num_resamples: number of bootstrap resamples.
     seed: seed of the numpy Generator.
     level: confidence level of the interval.
@@ -150,78 +158,6 @@ def paired_bootstrap(a, b, num_resamples: int = 10000, seed: int = 0,
   return float(100 * d.mean()), float(100 * lo), float(100 * hi)
 
 
-def _binom_half_cdf_exact(m: int, n: int) -> float:
-  """P(X ≤ m), X ~ Binomial(n, 1/2), as Σ_{i≤m} C(n, i) / 2^n in integers."""
-  term, total = 1, 1
-  for i in range(1, m + 1):
-    term = term * (n - i + 1) // i
-    total += term
-  # int / int is correctly rounded in Python, even for huge operands.
-  return total / (1 << n)
-
-
-_STIRLING = (1 / 12, 1 / 360, 1 / 1260, 1 / 1680, 1 / 1188)
-
-
-def _stirlerr(k: int) -> float:
-  """log k! − ((k + ½)·log k − k + ½·log 2π), the Stirling remainder."""
-  if k <= 15:
-    return (math.lgamma(k + 1.0) - (k + 0.5) * math.log(k) + k
-            - 0.5 * math.log(2 * math.pi))
-  s0, s1, s2, s3, s4 = _STIRLING
-  kk = float(k) * k
-  if k > 500:
-    return (s0 - s1 / kk) / k
-  if k > 80:
-    return (s0 - (s1 - s2 / kk) / kk) / k
-  if k > 35:
-    return (s0 - (s1 - (s2 - s3 / kk) / kk) / kk) / k
-  return (s0 - (s1 - (s2 - (s3 - s4 / kk) / kk) / kk) / kk) / k
-
-
-def _bd0(x: float, mu: float) -> float:
-  """x·log(x/μ) + μ − x, without cancellation when x ≈ μ."""
-  if abs(x - mu) < 0.1 * (x + mu):
-    v = (x - mu) / (x + mu)
-    s = (x - mu) * v
-    term = 2 * x * v
-    for j in range(1, 1000):
-      term *= v * v
-      s_next = s + term / (2 * j + 1)
-      if s_next == s:
-        break
-      s = s_next
-    return s
-  return x * math.log(x / mu) + mu - x
-
-
-def _log_binom_half_pmf(i: int, n: int) -> float:
-  """log P(X = i), X ~ Binomial(n, ½), by Loader's saddle-point formula."""
-  if i == 0 or i == n:
-    return -n * math.log(2.0)
-  return (_stirlerr(n) - _stirlerr(i) - _stirlerr(n - i)
-          - _bd0(i, n / 2) - _bd0(n - i, n / 2)
-          + 0.5 * math.log(n / (2 * math.pi * i * (n - i))))
-
-
-def _binom_half_cdf_log(m: int, n: int) -> float:
-  """P(X ≤ m), X ~ Binomial(n, 1/2), for m ≤ n/2, in floating point.
-
-  P = P(X = m) · Σ_{i≤m} C(n, i)/C(n, m); the ratios are built downwards,
-  r_{i−1} = r_i · i/(n − i + 1) ≤ 1, and the sum stops once they are
-  negligible. P(X = m) comes from Loader's saddle-point formula (Stirling
-  remainders and a cancellation-free deviance), so the relative error stays
-  near machine precision (times |log P|) even for n in the millions.
-  """
-  ratio, total = 1.0, 1.0
-  for i in range(m, 0, -1):
-    ratio *= i / (n - i + 1)
-    total += ratio
-    if ratio < 1e-17 * total:
-      break
-  return math.exp(_log_binom_half_pmf(m, n) + math.log(total))
-
-
 def mcnemar(a, b) -> float:
   """Exact two-sided McNemar test of paired correctness.
 
@@ -232,23 +168,21 @@ def mcnemar(a, b) -> float:
       p = min(1, 2·P(X ≤ min(n01, n10))),  X ~ Binomial(n, 1/2);
       p = 1 when n = 0.
 
-  Computed exactly with integers up to n = 20,000 and above that from a
-  saddle-point log pmf and a downward ratio sum (relative error ~1e-13 at
-  n = 10^7); no scipy needed.
-
   Args:
     a, b: `[n]` bool (or 0/1) correctness of models A and B on the same
-      examples. 2-D inputs are refused: for k outcomes per example use
+      examples. Inputs with leading axes (seeds, corruption cells) are
+      refused: their per-example differences are not binary; use
       `paired_permutation`, which keeps examples as the unit.
 
   Returns:
     The two-sided p-value.
   """
+  from scipy import stats as scipy_stats
   a = np.asarray(a)
   b = np.asarray(b)
   if a.ndim != 1 or b.ndim != 1:
-    raise UserError("mcnemar takes 1-D correctness vectors; for [n, k] "
-                    "outcomes use paired_permutation")
+    raise UserError("mcnemar takes 1-D correctness vectors; for [..., n] "
+                    "outcomes (seeds, corruptions) use paired_permutation")
   d = paired_differences(a, b)
   if not np.all((a == 0) | (a == 1)) or not np.all((b == 0) | (b == 1)):
     raise UserError("mcnemar needs binary correctness (bool or 0/1)")
@@ -257,12 +191,7 @@ def mcnemar(a, b) -> float:
   n = n01 + n10
   if n == 0:
     return 1.0
-  m = min(n01, n10)
-  if n <= _EXACT_BINOMIAL_MAX_N:
-    cdf = _binom_half_cdf_exact(m, n)
-  else:
-    cdf = _binom_half_cdf_log(m, n)
-  return min(1.0, 2.0 * cdf)
+  return min(1.0, 2.0 * float(scipy_stats.binom.cdf(min(n01, n10), n, 0.5)))
 
 
 def _sign_flip_sums(d: np.ndarray, num_resamples: int,
@@ -305,8 +234,9 @@ def paired_permutation(a, b, num_resamples: int = 10000,
 
   Args:
     a, b: `[n]` bool correctness of models A and B on the same examples, or
-      `[n, k]` with the row mean as per-example statistic (the OOD p-value:
-      images are the unit, their k corruption outcomes flip together).
+      `[..., n]` with the mean over the leading axes as per-example
+      statistic (the OOD p-value, seeds pooled: images are the unit, all
+      their outcomes flip together).
     num_resamples: number of random sign vectors.
     seed: seed of the numpy Generator.
 
@@ -322,90 +252,14 @@ def paired_permutation(a, b, num_resamples: int = 10000,
   return (1 + hits) / (1 + int(num_resamples))
 
 
-def _betainc_cf(a: float, b: float, x: float) -> float:
-  """Continued fraction of I_x(a, b) (modified Lentz), for x < (a+1)/(a+b+2)."""
-  tiny = 1e-300
-  c, dd = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-  dd = 1.0 / (dd if abs(dd) > tiny else tiny)
-  h = dd
-  for m in range(1, 10_000):
-    m2 = 2 * m
-    for num in (m * (b - m) * x / ((a + m2 - 1.0) * (a + m2)),
-                -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1.0))):
-      dd = 1.0 + num * dd
-      dd = 1.0 / (dd if abs(dd) > tiny else tiny)
-      c = 1.0 + num / c
-      c = c if abs(c) > tiny else tiny
-      h *= dd * c
-    if abs(dd * c - 1.0) < 1e-16:
-      break
-  return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-  """Regularised incomplete beta I_x(a, b) for a, b > 0, 0 ≤ x ≤ 1."""
-  if x <= 0.0:
-    return 0.0
-  if x >= 1.0:
-    return 1.0
-  log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-               + a * math.log(x) + b * math.log1p(-x))
-  if x < (a + 1.0) / (a + b + 2.0):
-    return math.exp(log_front) * _betainc_cf(a, b, x) / a
-  return 1.0 - math.exp(log_front) * _betainc_cf(b, a, 1.0 - x) / b
-
-
-def _bisect_increasing(f, target: float) -> float:
-  """u ∈ (0, 1) with f(u) = target for increasing f, down to adjacent floats."""
-  lo, hi = 0.0, 1.0
-  while True:
-    mid = 0.5 * (lo + hi)
-    if mid <= lo or mid >= hi:
-      return mid
-    if f(mid) < target:
-      lo = mid
-    else:
-      hi = mid
-
-
-def _t_ppf_fallback(q: float, df: float) -> float:
-  """Quantile of Student's t with df degrees of freedom, without scipy.
-
-  For t > 0, with x = df/(df + t²) and y = 1 − x = t²/(df + t²),
-
-      P(T > t)     = ½·I_x(df/2, ½)      (tail form),
-      P(0 < T < t) = ½·I_y(½, df/2)      (central form),
-
-  I the regularised incomplete beta (continued fraction). For q > ½ the
-  form whose right-hand side is not close to 1 is solved for x or y by
-  bisection down to adjacent floats, and t = √(df·y/x); q < ½ follows by
-  symmetry. Agrees with scipy to 1e-10 relative or better for df 1..1000
-  and 0.55 ≤ q ≤ 0.99999 (tests/test_stats.py checks 1e-9).
-  """
-  if not 0.0 < q < 1.0 or not df > 0:
-    raise UserError(f"t quantile needs 0 < q < 1 and df > 0, got q={q!r}, "
-                    f"df={df!r}")
-  if q == 0.5:
-    return 0.0
-  if q < 0.5:
-    return -_t_ppf_fallback(1.0 - q, df)
-  if q < 0.75:
-    y = _bisect_increasing(lambda u: _betainc(0.5, 0.5 * df, u), 2 * q - 1)
-    x = 1.0 - y
-  else:
-    # I_x(df/2, ½) increases in x while t falls, so solve in x.
-    x = _bisect_increasing(lambda u: _betainc(0.5 * df, 0.5, u),
-                           2 * (1 - q))
-    y = 1.0 - x
-  return math.sqrt(df * y / x)
+def p_floor(num_resamples: int) -> float:
+  """The smallest p `paired_permutation` can return: 1/(1 + R)."""
+  return 1.0 / (1 + int(num_resamples))
 
 
 def t_ppf(q: float, df: float) -> float:
-  """Student-t quantile: scipy.stats.t.ppf when scipy imports, else own."""
-  try:
-    from scipy import stats as scipy_stats
-  except ImportError:
-    return _t_ppf_fallback(q, df)
+  """Student-t quantile (scipy.stats.t.ppf)."""
+  from scipy import stats as scipy_stats
   return float(scipy_stats.t.ppf(q, df))
 
 
@@ -456,10 +310,51 @@ def _signed(x: float) -> str:
   return text.replace("-", "\u2212")
 
 
-def _format_p(p: float) -> str:
+def format_p(p: float, floor: float | None = None) -> str:
+  """'p = 0.012'; 'p < 0.001' below 0.001; a Monte-Carlo p at its floor
+  1/(1 + R) (`floor`, no resample reached the observed statistic) as
+  'p < 1/R', e.g. 'p < 1e-4' for R = 10,000: never 'p = 0.0001', which
+  would claim a precision the test does not have."""
+  if floor is not None and p <= floor * (1 + 1e-9):
+    r = round((1 - floor) / floor)        # R, the number of resamples
+    k = round(math.log10(r)) if r > 0 else 0
+    if r == 10 ** k:
+      return f"p < 1e-{k}"                 # p = 1/(R + 1) < 1/R
+    return f"p ≤ 1/{r + 1:,}"
   if p < 0.001:
     return "p < 0.001"
   return f"p = {p:.2g}"
+
+
+def holm(pvalues) -> np.ndarray:
+  """Holm's step-down adjustment for a family of m tests (Holm 1979).
+
+  With the p-values sorted ascending, p_(1) ≤ … ≤ p_(m),
+
+      p̃_(i) = min(1, max_{j ≤ i} (m − j + 1)·p_(j)),
+
+  returned in the input order. Rejecting p̃ < α controls the family-wise
+  error rate at α under any dependence between the tests.
+  """
+  p = np.asarray(pvalues, dtype=np.float64)
+  if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)):
+    raise UserError(f"holm needs a 1-D array of p-values in [0, 1], got {p!r}")
+  m = p.size
+  order = np.argsort(p, kind="stable")
+  scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+  adjusted = np.empty(m)
+  adjusted[order] = np.maximum.accumulate(scaled)
+  return adjusted
+
+
+def noninferior(lo: float, margin: float) -> bool:
+  """True when a difference's interval rules out a drop of `margin` or more:
+  its lower bound lies above −margin (same units, e.g. pp). "B keeps A's
+  accuracy" may be claimed only then; an interval that merely contains 0
+  shows nothing."""
+  if not margin >= 0:
+    raise UserError(f"margin={margin!r} must be >= 0")
+  return bool(lo > -margin)
 
 
 def describe(delta: float, lo: float, hi: float, n: int,
@@ -474,7 +369,7 @@ def describe(delta: float, lo: float, hi: float, n: int,
   """
   parts = [f"{_signed(delta)} pp [{_signed(lo)}, {_signed(hi)}]"]
   if p is not None:
-    parts.append(_format_p(p))
+    parts.append(format_p(p))
   word = verdict(lo, hi, p, alpha)
   parts.append(word if word == "significant" else f"{word} at n = {n:,}")
   return ", ".join(parts)

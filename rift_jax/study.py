@@ -1,24 +1,30 @@
 """Seeds and studies: the RiFT pipeline once per seed, and what they show.
 
-`run(config, workdir, seeds)` runs `pipeline.run` for every seed into
-`<workdir>/seed_<k>/` (its own θ_AT training, fixed set, fine-tuning and
-attack keys; the data splits, the test images and the corrupted images are
-the same for every seed), then the investigation variants of
-`config.study.variants` on `config.study.variant_seeds` (each reuses that
-seed's θ_AT, fixed set and MRC), and aggregates everything into
-`study.json`, `study.md` and `study.png`. Every stage of every run resumes
-after a kill, like `launch.rift`.
+`run(config, workdir, seeds)` runs, seed by seed, `pipeline.run` into
+`<workdir>/seed_<k>/` (its own θ_AT training, fixed set, MRC, fine-tuning
+and attack keys; the data splits, the test images and the corrupted images
+are the same for every seed), then that seed's investigation variants
+(`config.study.variants`: {variant: seeds}, each reusing the seed's θ_AT,
+fixed set and MRC) and, on `config.study.stability_seeds`, how stable the
+MRC ranking is. A finished seed's outputs (results, per-example records,
+θ_AT's validation curve, MRC tables, stage times; no checkpoints) are copied
+to `config.study.results_dir`, and the tables are aggregated from there, so
+seeds accumulate across working sessions and every number can be re-derived
+without retraining. Every stage resumes after a kill, like `launch.rift`.
 
 Statistics (`rift_jax.stats`), per comparison (AT → AT+RiFT, or AT → a
 variant), for Std / OOD / Adv:
 - across seeds: mean ± sample std of each model, and the mean Δ with its
   t-interval over seeds (the spread that training randomness causes);
-- pooled paired: the per-example records of all seeds concatenated, Δ with a
-  95 % paired-bootstrap interval and a paired test (exact McNemar for Std /
-  Adv, sign-flip permutation over images of the mean over corruptions for
-  OOD) — the noise of the test images, with every seed's models compared on
-  the same images.
-A difference is called real only when both intervals exclude 0.
+- pooled paired: every seed tests the same images, so the per-example
+  records are stacked `[seeds, n]` and the interval resamples IMAGES with all
+  their seeds' outcomes together (a cluster bootstrap); p from a paired
+  sign-flip permutation test over images (exact McNemar for one seed);
+- Holm's correction over every (comparison, metric) p-value of the study;
+- Adv: "kept" only as non-inferiority (pooled interval above −margin,
+  `rift.noninferiority_margin`), else "not shown".
+A difference is called real only when both intervals exclude 0 and the
+Holm-adjusted p is below 0.05.
 """
 from __future__ import annotations
 
@@ -26,29 +32,39 @@ import copy
 import os
 import shutil
 
-import matplotlib
 import ml_collections
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from rift_jax import (pipeline, records, report, stats, validation,  # noqa: E402
+from rift_jax import (pipeline, records, report, stats, validation,
                       workdir as wd)
-from rift_jax.errors import UserError, check_choice  # noqa: E402
+from rift_jax.errors import UserError, check_choice
 
-# Investigations of why RiFT does or does not help (each changes one thing).
+# Investigations of why RiFT does or does not help; each changes one thing
+# of the seed's main run and reuses its θ_AT, fixed set and MRC.
 VARIANTS = {
-    # The paper's chosen modules are 3×3 convolutions; on small models the
-    # lowest MRC often falls on a 1×1 shortcut or the stem.
-    "conv3x3": {"rift.finetune.candidates": "conv3x3"},
+    # Ablation: the lowest MRC over EVERY module (stem, 1×1 shortcuts and
+    # head included), not only 3×3 block convolutions as the authors chose.
+    "all_modules": {"rift.finetune.candidates": "all"},
     # θ_AT's BatchNorm statistics kept while fine-tuning.
     "frozen_bn": {"rift.finetune.update_batch_stats": False},
-    # A 10× larger fine-tuning learning rate (more to interpolate between).
-    "lr_x10": {"rift.finetune.lr_scale": 10.0},
+    # Fine-tuning at lr 0: only the BN statistics move (train mode) — how
+    # much of the change is recalibration alone.
+    "lr0": {"rift.finetune.optim.lr": 0.0, "rift.finetune.lr_sweep": ()},
+    # The paper's lr rule: a larger lr while robustness stays (α rule),
+    # chosen on validation among these.
+    "lr_sweep": {"rift.finetune.lr_sweep": (1e-3, 1e-2, 3e-2)},
+    # α chosen so that corrupted-validation accuracy may not fall either
+    # (same fine-tuning as the main run; only α and the test differ).
+    "alpha_ood": {"rift.alpha_rule": "robust_and_ood"},
 }
+# Variants that fine-tune exactly as the main run (its θ_FT is reused).
+_SAME_FINETUNE = ("alpha_ood",)
 METRICS = ("clean", "ood", "adv")
 NAMES = {"clean": "Std", "ood": "OOD", "adv": "Adv"}
+# What a finished seed keeps in results_dir (small files, no checkpoints).
+_KEEP = ("results.json", "records.npz", "mrc.json", "timing.json",
+         "bn_swap.json", "bn_swap_records.npz", "mrc_stability.json",
+         "rift_config.json", "at/done.json")
 
 
 def _set(config, key: str, value) -> None:
@@ -71,8 +87,8 @@ def variant_config(config, seed: int, name: str, at_dir: str,
   """Seed `seed`'s config with variant `name`, starting from its θ_AT.
 
   `lr`: the fine-tuning lr that seed's main run chose on validation; given,
-  the variant fine-tunes at that lr alone instead of repeating the sweep
-  (one thing changes, at half the cost of a sweep of two)."""
+  the variant fine-tunes at that lr alone instead of repeating a sweep,
+  unless the variant itself sets the lr or the sweep."""
   check_choice("study.variants entry", name, tuple(VARIANTS))
   c = seed_config(config, seed)
   c.rift.at_checkpoint = at_dir
@@ -80,13 +96,13 @@ def variant_config(config, seed: int, name: str, at_dir: str,
     c.rift.finetune.optim.lr = float(lr)
     c.rift.finetune.lr_sweep = ()
   for key, value in VARIANTS[name].items():
-    if key == "rift.finetune.lr_scale":
-      c.rift.finetune.optim.lr = float(c.rift.finetune.optim.lr) * value
-      c.rift.finetune.lr_sweep = tuple(float(v) * value
-                                       for v in c.rift.finetune.lr_sweep)
-    else:
-      _set(c, key, value)
+    _set(c, key, value)
   return c
+
+
+def variant_seeds(config) -> dict[str, list[int]]:
+  return {name: [int(s) for s in seeds]
+          for name, seeds in config.study.variants.items()}
 
 
 def validate(config, seeds) -> None:
@@ -95,47 +111,107 @@ def validate(config, seeds) -> None:
   if len(set(seeds)) != len(seeds):
     raise UserError(f"--seeds={','.join(map(str, seeds))} repeats a seed")
   validation.validate_rift(config)
-  for name in config.study.variants:
+  for name, vseeds in variant_seeds(config).items():
     check_choice("study.variants entry", name, tuple(VARIANTS))
-  for s in config.study.variant_seeds:
+    # Each variant's config is a valid run (e.g. alpha_ood needs rift.ood_val).
+    validation.validate_rift(variant_config(config, seeds[0], name, ""))
+    for s in vseeds:
+      if s not in seeds:
+        raise UserError(f"study.variants.{name} seed {s} is not among --seeds")
+  for s in config.study.stability_seeds:
     if int(s) not in seeds:
-      raise UserError(f"study.variant_seeds entry {s} is not among --seeds")
+      raise UserError(f"study.stability_seeds entry {s} is not among --seeds")
 
 
-def _reuse(src_dir: str, dst_dir: str) -> None:
-  """A variant starts from its seed's fixed set and MRC (same θ_AT, same
-  MRC settings): copy them so the variant's pipeline skips both stages."""
+def _reuse(src_dir: str, dst_dir: str, same_finetune: bool) -> None:
+  """A variant starts from its seed's fixed set, MRC and θ_AT's test
+  records (same θ_AT, MRC settings, test attack and keys) and, when it
+  fine-tunes identically, from its θ_FT: copy them so the variant's
+  pipeline skips those stages."""
   os.makedirs(dst_dir, exist_ok=True)
-  for f in ("fixed_set.npz", "mrc.json"):
+  files = ["fixed_set.npz", "mrc.json", "at_test_records.npz"]
+  for f in files:
     if os.path.exists(os.path.join(src_dir, f)) and not os.path.exists(
         os.path.join(dst_dir, f)):
       shutil.copy2(os.path.join(src_dir, f), os.path.join(dst_dir, f))
+  if same_finetune:
+    src, dst = os.path.join(src_dir, "finetune"), os.path.join(dst_dir, "finetune")
+    if os.path.isdir(src) and not os.path.exists(dst):
+      shutil.copytree(src, dst)
+
+
+def run_seed(config, workdir: str, seed: int) -> None:
+  """Seed `seed`: the main run, its variants and the MRC stability check."""
+  main = os.path.join(workdir, f"seed_{seed}")
+  print(f"=== seed {seed} ===")
+  pipeline.run(seed_config(config, seed), main)
+  chosen = wd.read_json(os.path.join(main, "results.json"))["lr"]
+  for name, vseeds in variant_seeds(config).items():
+    if seed not in vseeds:
+      continue
+    print(f"=== seed {seed}, variant {name} ===")
+    vdir = os.path.join(main, "variants", name)
+    _reuse(main, vdir, name in _SAME_FINETUNE)
+    pipeline.run(variant_config(config, seed, name, os.path.join(main, "at"),
+                                lr=chosen), vdir)
+  if seed in [int(s) for s in config.study.stability_seeds]:
+    print(f"=== seed {seed}, MRC ranking stability ===")
+    from rift_jax import mrc_stability
+    mrc_stability.run(seed_config(config, seed), main)
+
+
+def save_seed(workdir: str, seed: int, results_dir: str) -> None:
+  """Copies a finished seed's small outputs (and its variants') into
+  `results_dir/seed_<k>/`, atomically: a half-copied seed never appears."""
+  src = os.path.join(workdir, f"seed_{seed}")
+  dst = os.path.join(results_dir, f"seed_{seed}")
+  tmp = dst + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  runs = [""] + [os.path.join("variants", v) for v in sorted(
+      os.listdir(os.path.join(src, "variants")))
+      ] if os.path.isdir(os.path.join(src, "variants")) else [""]
+  for r in runs:
+    for f in _KEEP:
+      p = os.path.join(src, r, f)
+      if os.path.exists(p):
+        os.makedirs(os.path.dirname(os.path.join(tmp, r, f)), exist_ok=True)
+        shutil.copy2(p, os.path.join(tmp, r, f))
+  shutil.rmtree(dst, ignore_errors=True)
+  os.replace(tmp, dst)
 
 
 def run(config, workdir: str, seeds) -> dict:
-  """Runs (or resumes) every seed and variant, then aggregates."""
+  """Runs (or resumes) every seed and its variants, saves each finished
+  seed into `config.study.results_dir` (if set), then aggregates."""
   seeds = [int(s) for s in seeds]
   validate(config, seeds)
   workdir = wd.prepare(workdir)
-  if config.rift.ood.enabled and not config.rift.ood.cache_dir:
-    # Every seed corrupts the same test images (fixed rift.ood.seed): once.
-    config = seed_config(config, int(config.seed))
-    config.rift.ood.cache_dir = os.path.join(workdir, "ood_cache")
+  config = seed_config(config, int(config.seed))
+  for block in ("ood", "ood_val"):
+    if config.rift[block].enabled and not config.rift[block].cache_dir:
+      # Every seed corrupts the same images (fixed seed): once.
+      config.rift[block].cache_dir = os.path.join(workdir, f"{block}_cache")
   wd.write_json(os.path.join(workdir, "study_config.json"),
                 {"seeds": seeds, "config": config.to_dict()})
+  results_dir = config.study.results_dir
   for s in seeds:
-    print(f"=== seed {s} ===")
-    pipeline.run(seed_config(config, s), os.path.join(workdir, f"seed_{s}"))
-  for s in config.study.variant_seeds:
-    main = os.path.join(workdir, f"seed_{s}")
-    for name in config.study.variants:
-      print(f"=== seed {s}, variant {name} ===")
-      vdir = os.path.join(main, "variants", name)
-      _reuse(main, vdir)
-      chosen = wd.read_json(os.path.join(main, "results.json"))["lr"]
-      pipeline.run(variant_config(config, s, name, os.path.join(main, "at"),
-                                  lr=chosen), vdir)
+    run_seed(config, workdir, s)
+    if results_dir:
+      save_seed(workdir, s, results_dir)
+  if results_dir:
+    return aggregate(results_dir, finished_seeds(results_dir), config)
   return aggregate(workdir, seeds, config)
+
+
+def finished_seeds(directory: str) -> list[int]:
+  """The seeds with a results.json under `directory`/seed_<k>/."""
+  out = []
+  if os.path.isdir(directory):
+    for name in os.listdir(directory):
+      if name.startswith("seed_") and name[5:].isdigit() and os.path.exists(
+          os.path.join(directory, name, "results.json")):
+        out.append(int(name[5:]))
+  return sorted(out)
 
 
 # ------------------------------------------------------------- aggregate
@@ -144,22 +220,18 @@ def _load_run(run_dir: str) -> tuple[dict, dict]:
           records.load(os.path.join(run_dir, "records.npz")))
 
 
-def _model_records(rec: dict, model: str) -> dict:
-  prefix = model + "/"
-  return {k[len(prefix):]: v for k, v in rec.items() if k.startswith(prefix)}
-
-
 def _stack(recs: list[dict]) -> dict:
-  """Per-seed records of one model concatenated: clean/adv `[seeds·n]`, and
-  OOD cells `{'ood/c/s'}` concatenated likewise."""
-  return {k: np.concatenate([r[k] for r in recs]) for k in recs[0]}
+  """Per-seed records of one model stacked: `[seeds, n]` per key (every
+  seed tests the same images)."""
+  return {k: np.stack([r[k] for r in recs]) for k in recs[0]}
 
 
-def compare(base: list[dict], other: list[dict], seed: int = 0) -> dict:
+def compare(base: list[dict], other: list[dict], seed: int = 0,
+            margin: float | None = None) -> dict:
   """Model `other` vs `base` over seeds: per metric, per-seed values and Δ,
   the across-seed summary and the pooled paired interval/test."""
   out = {}
-  pooled = pipeline.paired(_stack(base), _stack(other), seed)
+  pooled = pipeline.paired(_stack(base), _stack(other), seed, margin=margin)
   for m in METRICS:
     if m == "ood" and not pipeline.ood_table(base[0]):
       continue
@@ -169,17 +241,36 @@ def compare(base: list[dict], other: list[dict], seed: int = 0) -> dict:
     ma, sa, _, _ = stats.seed_summary(a)
     mb, sb, _, _ = stats.seed_summary(b)
     md, sd, lo, hi = stats.seed_summary(d)
-    p = pooled[m]
-    real = (p["verdict"] == "significant" and len(d) > 1
-            and (lo > 0 or hi < 0))
     out[m] = {"base": a, "other": b, "delta": d,
               "base_mean": ma, "base_std": sa,
               "other_mean": mb, "other_std": sb,
               "delta_mean": md, "delta_std": sd, "delta_seed_ci95": [lo, hi],
-              "pooled": p, "verdict": "real" if real else (
-                  "significant on the pooled test images only"
-                  if p["verdict"] == "significant" else "within noise")}
+              "pooled": pooled[m]}
+  if "ood_family" in pooled:
+    out["ood_family"] = pooled["ood_family"]
   return out
+
+
+def _adjust(comparisons: list[dict]) -> None:
+  """Holm over every (comparison, metric) p-value; sets each pooled entry's
+  p_holm and verdict, and the metric's verdict."""
+  cells = [c[m]["pooled"] for c in comparisons for m in METRICS if m in c]
+  if not cells:
+    return
+  adjusted = stats.holm([report.p_value(p) for p in cells])
+  for p, h in zip(cells, adjusted):
+    p["p_holm"] = float(h)
+    p["verdict"] = stats.verdict(*p["ci95"], float(h))
+  for c in comparisons:
+    for m in METRICS:
+      if m not in c:
+        continue
+      lo, hi = c[m]["delta_seed_ci95"]
+      real = (c[m]["pooled"]["verdict"] == "significant" and len(c[m]["delta"]) > 1
+              and (lo > 0 or hi < 0))
+      c[m]["verdict"] = "real" if real else (
+          "significant on the pooled test images only"
+          if c[m]["pooled"]["verdict"] == "significant" else "within noise")
 
 
 def aggregate(workdir: str, seeds, config=None) -> dict:
@@ -192,26 +283,44 @@ def aggregate(workdir: str, seeds, config=None) -> dict:
       raise UserError(f"seed {s} has not finished ({d}/results.json is missing); "
                       "run launch.study again to resume it")
     runs[s] = _load_run(d)
-  at = [_model_records(runs[s][1], "at") for s in seeds]
-  rift = [_model_records(runs[s][1], "rift") for s in seeds]
   first = runs[seeds[0]][0]
+  margin = first.get("config", {}).get("rift", {}).get("noninferiority_margin")
+  at = [records.of_model(runs[s][1], "at") for s in seeds]
+  rift = [records.of_model(runs[s][1], "rift") for s in seeds]
   out = {"seeds": seeds, "n_test": first["n_test"], "ood_set": first.get("ood_set"),
-         "main": compare(at, rift),
-         "per_seed": {s: {k: runs[s][0][k] for k in
+         "margin": margin,
+         "main": compare(at, rift, margin=margin),
+         "per_seed": {s: {k: runs[s][0].get(k) for k in
                           ("module", "modules", "alpha", "lr", "at", "rift",
-                           "timing_s")} for s in seeds},
-         "ablations": {}, "variants": {}, "at_curves": {}}
+                           "timing_s", "mrc", "candidates")} for s in seeds},
+         "ablations": {}, "variants": {}, "at_curves": {}, "bn_swap": {},
+         "stability": {}}
   for s in seeds:
     done = os.path.join(workdir, f"seed_{s}", "at", "done.json")
     if os.path.exists(done):
       out["at_curves"][s] = [{k: h[k] for k in ("epoch", "val_clean", "val_adv")}
                              for h in wd.read_json(done)["history"]]
+    stab = os.path.join(workdir, f"seed_{s}", "mrc_stability.json")
+    if os.path.exists(stab):
+      out["stability"][s] = wd.read_json(stab)
   names = sorted(set.intersection(*[set(runs[s][0].get("ablations", {}))
                                     for s in seeds])) if seeds else []
   for name in names:
     out["ablations"][name] = {
         "modules": {s: runs[s][0]["ablations"][name]["modules"] for s in seeds},
-        **compare(at, [_model_records(runs[s][1], name) for s in seeds])}
+        **compare(at, [records.of_model(runs[s][1], name) for s in seeds],
+                  margin=margin)}
+  swap_seeds = [s for s in seeds if os.path.exists(os.path.join(
+      workdir, f"seed_{s}", "bn_swap_records.npz"))]
+  if swap_seeds:
+    swap = {s: records.load(os.path.join(workdir, f"seed_{s}",
+                                         "bn_swap_records.npz"))
+            for s in swap_seeds}
+    base = [records.of_model(runs[s][1], "at") for s in swap_seeds]
+    for name in ("at_params_star_stats", "star_params_at_stats"):
+      out["bn_swap"][name] = {"seeds": swap_seeds, **compare(
+          base, [records.of_model(swap[s], name) for s in swap_seeds],
+          margin=margin)}
   for name in VARIANTS:
     vs = [s for s in seeds if os.path.exists(os.path.join(
         workdir, f"seed_{s}", "variants", name, "results.json"))]
@@ -224,8 +333,11 @@ def aggregate(workdir: str, seeds, config=None) -> dict:
         "per_seed": {s: {k: vruns[s][0][k] for k in ("module", "alpha", "lr")}
                      for s in vs},
         "curves": {s: vruns[s][0]["interpolation"] for s in vs},
-        **compare([_model_records(runs[s][1], "at") for s in vs],
-                  [_model_records(vruns[s][1], "rift") for s in vs])}
+        **compare([records.of_model(runs[s][1], "at") for s in vs],
+                  [records.of_model(vruns[s][1], "rift") for s in vs],
+                  margin=margin)}
+  _adjust([out["main"], *out["ablations"].values(), *out["variants"].values(),
+           *out["bn_swap"].values()])
   wd.write_json(os.path.join(workdir, "study.json"), out)
   wd.write_text(os.path.join(workdir, "study.md"), markdown(out))
   plot(out, os.path.join(workdir, "study.png"))
@@ -244,6 +356,15 @@ def _seed_ci(c):
   return f"{c['delta_mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+def _kept(c) -> str:
+  p = c["adv"]["pooled"]
+  if "noninferior" not in p:
+    return "–"
+  return (f"yes: the pooled interval lies above −{p['margin']:g} pp"
+          if p["noninferior"] else
+          f"not shown: the pooled interval reaches below −{p['margin']:g} pp")
+
+
 def _table(comp: dict, base: str, other: str) -> list[str]:
   ms = [m for m in METRICS if m in comp]
   lines = ["| model | " + " | ".join(NAMES[m] for m in ms) + " |",
@@ -254,11 +375,35 @@ def _table(comp: dict, base: str, other: str) -> list[str]:
                                              comp[m]["other_std"]) for m in ms) + " |",
            "| Δ, mean [95 % t-interval over seeds] | "
            + " | ".join(_seed_ci(comp[m]) for m in ms) + " |",
-           "| Δ, pooled paired [95 % CI], p | "
-           + " | ".join(f"{report.delta_cell(comp[m]['pooled'])}, p = "
-                        f"{comp[m]['pooled'].get('p_mcnemar', comp[m]['pooled'].get('p_permutation')):.3g}"
-                        for m in ms) + " |",
-           "| verdict | " + " | ".join(comp[m]["verdict"] for m in ms) + " |"]
+           "| Δ, pooled paired [95 % CI over images] | "
+           + " | ".join(report.delta_cell(comp[m]["pooled"]) for m in ms) + " |",
+           "| p (Holm over the study) | "
+           + " | ".join(report.p_cell(comp[m]["pooled"]) for m in ms) + " |",
+           "| verdict | " + " | ".join(comp[m].get("verdict", "–") for m in ms) + " |"]
+  if "adv" in comp:
+    lines.append(f"| Adv kept (non-inferiority)? | {_kept(comp)} |"
+                 + " |" * (len(ms) - 1))
+  return lines
+
+
+def _family_table(comp: dict) -> list[str]:
+  fam = comp.get("ood_family")
+  if not fam:
+    return []
+  lines = ["", "OOD per corruption family (pooled paired Δ, p unadjusted):", "",
+           "| family | Δ [95 % CI] | p |", "|---|---|---|"]
+  for name, e in fam.items():
+    lines.append(f"| {name} | {report.delta_cell(e)} | {report.p_cell(e)} |")
+  return lines
+
+
+def _stability_lines(stab: dict) -> list[str]:
+  lines = ["| comparison | Spearman ρ | lowest five (reference) | lowest five "
+           "(other) |", "|---|---|---|---|"]
+  for name, c in stab["comparisons"].items():
+    lines.append(f"| {c['label']} | {c['spearman']:.2f} | "
+                 f"{', '.join(c['lowest5_reference'])} | "
+                 f"{', '.join(c['lowest5_other'])} |")
   return lines
 
 
@@ -270,11 +415,16 @@ def markdown(out: dict) -> str:
            "## AT vs AT+RiFT (paper Table 1 layout; mean ± std over seeds)", ""]
   lines += _table(out["main"], "AT", "AT+RiFT")
   lines += ["", "Δ = AT+RiFT − AT in percentage points. The t-interval is over "
-            "seeds (training randomness); the pooled paired interval "
-            "concatenates every seed's per-example records (test-image noise; "
-            "exact McNemar for Std/Adv, paired permutation for OOD). 'real' "
-            "needs both intervals to exclude 0.", "",
-            "| seed | module | α | lr | Std AT → RiFT | OOD AT → RiFT | Adv AT → RiFT "
+            "seeds (training randomness); the pooled paired interval resamples "
+            "test images with every seed's outcomes on an image kept together "
+            "(a cluster bootstrap: the seeds share the images), p from a paired "
+            "sign-flip permutation test over images (exact McNemar for a single "
+            "seed), Holm-adjusted over every comparison × metric of this study. "
+            "'real' needs both intervals to exclude 0 and the adjusted p < 0.05. "
+            "Robust accuracy counts as kept only when the pooled interval lies "
+            f"above −{out.get('margin')} pp (non-inferiority).", ""]
+  lines += _family_table(out["main"])
+  lines += ["", "| seed | module | α | lr | Std AT → RiFT | OOD AT → RiFT | Adv AT → RiFT "
             "| wall (min) |", "|---|---|---|---|---|---|---|---|"]
   for s, r in out["per_seed"].items():
     def pair(k):
@@ -292,14 +442,26 @@ def markdown(out: dict) -> str:
           f"{_ms(comp[m]['other_mean'], comp[m]['other_std'])} "
           f"(Δ {report.delta_cell(comp[m]['pooled'])})" if m in comp else "–"
           for m in METRICS) + " |")
+  if out.get("bn_swap"):
+    lines += ["", "## Why does OOD move? The BatchNorm swap (no training; vs AT)", ""]
+    titles = {"at_params_star_stats": "θ_AT's parameters with θ*'s BN statistics",
+              "star_params_at_stats": "θ*'s parameters with θ_AT's BN statistics"}
+    for name, comp in out["bn_swap"].items():
+      lines += [f"### {titles[name]} (seeds {', '.join(map(str, comp['seeds']))})", ""]
+      lines += _table(comp, "AT", "swapped") + _family_table(comp) + [""]
   if out["variants"]:
     lines += ["", "## Investigations (each vs the same seeds' AT)", ""]
     for name, v in out["variants"].items():
       lines += [f"### {name}: {v['changes']} (seeds {', '.join(map(str, v['seeds']))})",
                 ""]
-      lines += _table(v, "AT", f"AT+RiFT ({name})")
+      lines += _table(v, "AT", f"AT+RiFT ({name})") + _family_table(v)
       lines += [""] + [f"- seed {s}: module `{p['module']}`, α {p['alpha']:.1f}, "
                        f"lr {p['lr']:g}" for s, p in v["per_seed"].items()] + [""]
+  if out.get("stability"):
+    lines += ["## How stable is the MRC ranking?", ""]
+    for s, stab in out["stability"].items():
+      lines += [f"Seed {s}, reference: {stab['reference']}.", ""]
+      lines += _stability_lines(stab) + [""]
   if out["at_curves"]:
     lines += ["## θ_AT training (validation accuracy per epoch)", "",
               "| seed | clean per epoch | PGD per epoch |", "|---|---|---|"]
@@ -307,14 +469,16 @@ def markdown(out: dict) -> str:
       clean = ", ".join(f"{h['val_clean']:.1f}" for h in c)
       adv = ", ".join(f"{h['val_adv']:.1f}" for h in c)
       lines.append(f"| {s} | {clean} | {adv} |")
-  lines += ["", "Figure: `study.png` (Δ per metric with both intervals and "
+  lines += ["", "Figure: `study.png` (Δ per metric with the pooled interval and "
             "every seed; θ_AT validation curves).", ""]
   return "\n".join(lines)
 
 
 def plot(out: dict, path: str) -> None:
+  from matplotlib.figure import Figure
   comps = {"RiFT": out["main"], **{f"{k}": v for k, v in out["variants"].items()}}
-  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+  fig = Figure(figsize=(11, 4))
+  ax, ax2 = fig.subplots(1, 2)
   ms = [m for m in METRICS if m in out["main"]]
   width = 0.8 / len(comps)
   for i, (name, comp) in enumerate(comps.items()):
@@ -346,5 +510,4 @@ def plot(out: dict, path: str) -> None:
   if out["at_curves"]:
     ax2.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  wd.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))

@@ -48,14 +48,16 @@ class TrainState:
 
 
 # ------------------------------------------------------------- optimiser
-def check_optim(optim, prefix: str = "optim") -> None:
-  """Every field of an `optim` block (schedule and batch size included)."""
-  _check_sgd(optim, prefix)
+def check_optim(optim, prefix: str = "optim", allow_zero_lr: bool = False) -> None:
+  """Every field of an `optim` block (schedule and batch size included).
+  `allow_zero_lr`: lr 0 is allowed (RiFT fine-tuning at lr 0 moves only the
+  BatchNorm statistics: a diagnostic)."""
+  _check_sgd(optim, prefix, allow_zero_lr)
   check_range(f"{prefix}.batch_size", int(optim.batch_size), 1)
 
 
-def _check_sgd(optim, prefix: str) -> None:
-  check_range(f"{prefix}.lr", float(optim.lr), 0.0, low_open=True)
+def _check_sgd(optim, prefix: str, allow_zero_lr: bool = False) -> None:
+  check_range(f"{prefix}.lr", float(optim.lr), 0.0, low_open=not allow_zero_lr)
   check_range(f"{prefix}.momentum", float(optim.momentum), 0.0, 1.0,
               high_open=True)
   check_range(f"{prefix}.weight_decay", float(optim.weight_decay), 0.0)
@@ -63,8 +65,8 @@ def _check_sgd(optim, prefix: str) -> None:
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
-                   mask: Any = None, prefix: str = "optim"
-                   ) -> optax.GradientTransformation:
+                   mask: Any = None, prefix: str = "optim",
+                   allow_zero_lr: bool = False) -> optax.GradientTransformation:
   """SGD with momentum and PyTorch-style weight decay (added to the gradient
   before momentum), learning rate from `rift_jax.schedules`.
 
@@ -72,7 +74,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
   `optax.multi_transform` gives every other leaf exactly zero update, no
   weight decay and no optimiser state.
   """
-  _check_sgd(optim, prefix)
+  _check_sgd(optim, prefix, allow_zero_lr)
   tx = optax.chain(
       optax.add_decayed_weights(float(optim.weight_decay)),
       optax.sgd(schedules.make_schedule(optim, steps_per_epoch, prefix),

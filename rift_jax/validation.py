@@ -113,9 +113,23 @@ def validate_rift(config) -> None:
   _bool("rift.finetune.augment", ft.augment)
   for lr in ft.lr_sweep:
     check_range("rift.finetune.lr_sweep entry", float(lr), 0.0, low_open=True)
-  train.check_optim(ft.optim, "rift.finetune.optim")
+  train.check_optim(ft.optim, "rift.finetune.optim", allow_zero_lr=True)
   interpolation.check_alphas(r.alphas)
   check_range("rift.tolerance", float(r.tolerance), 0.0)
+  check_range("rift.noninferiority_margin", float(r.noninferiority_margin), 0.0)
+  check_choice("rift.alpha_rule", r.alpha_rule, interpolation.ALPHA_RULES)
+  _bool("rift.ood_val.enabled", r.ood_val.enabled)
+  _bool("rift.bn_swap", r.bn_swap)
+  if r.ood_val.enabled:
+    corruptions.check_block(r.ood_val, "rift.ood_val")
+    check_choice("rift.ood_val.source", r.ood_val.source, ("generated",))
+    if int(r.ood_val.max_images) > int(config.data.val_size) or int(
+        r.ood_val.max_images) < 1:
+      raise UserError(f"rift.ood_val.max_images={r.ood_val.max_images} must lie "
+                      f"in [1, data.val_size={config.data.val_size}]")
+  elif r.alpha_rule == "robust_and_ood":
+    raise UserError("rift.alpha_rule='robust_and_ood' needs corrupted validation "
+                    "images: set rift.ood_val.enabled=True")
   check_range("rift.alpha_chunk", int(r.alpha_chunk), 0)
   for a in r.ablations:
     check_choice("rift.ablations entry", a, finetuning.TARGETS[:-1])
@@ -140,8 +154,9 @@ def check_installed(config) -> None:
   if config.data.name != "synthetic":
     needs.append(("tensorflow_datasets", "tensorflow-datasets",
                   f"reading data.name={config.data.name!r}"))
-  if config.rift.ood.enabled and corruptions.canonical_source(
-      config.rift.ood.source, "rift.ood.source") == "generated":
+  if (config.rift.ood.enabled and corruptions.canonical_source(
+      config.rift.ood.source, "rift.ood.source") == "generated"
+      or config.rift.ood_val.enabled):
     needs.append(("imagecorruptions", "imagecorruptions-imaug",
                   "rift.ood.source='generated' (the corrupted test images)"))
   for module, package, why in needs:

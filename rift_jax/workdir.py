@@ -54,6 +54,13 @@ def write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def atomic_write(path: str, write) -> None:
+  """`write(tmp_path)` then rename onto `path`: never a half-written file."""
+  tmp = path + ".tmp"
+  write(tmp)
+  os.replace(tmp, path)
+
+
 def write_json(path: str, obj: Any) -> None:
   """Writes JSON atomically: never a half-written file."""
   write_text(path, dumps(obj))

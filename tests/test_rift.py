@@ -129,6 +129,29 @@ def test_finetune_changes_only_the_chosen_kernel(tiny_cnn, synthetic):
     assert res.best_epoch in (1, 2) and len(res.history) == 3
 
 
+def test_finetune_killed_after_an_epoch_resumes_to_the_same_numbers(
+    tiny_cnn, synthetic, tmp_path):
+  model, variables = tiny_cnn
+  fns = models.ModelFns(model)
+  optim = finetuning.default_optim()
+  optim.epochs, optim.batch_size, optim.lr = 3, 64, 0.05
+  kw = dict(eval_batch_size=64, progress=False, seed=3)
+  whole = finetuning.finetune(fns, variables, synthetic, ["conv2"], optim, **kw)
+  ckpt = str(tmp_path / "ft")
+  part = finetuning.finetune(fns, variables, synthetic, ["conv2"], optim,
+                             checkpoint_dir=ckpt, stop_after_epoch=1, **kw)
+  assert len(part.history) == 2                     # epoch 0 and epoch 1
+  resumed = finetuning.finetune(fns, variables, synthetic, ["conv2"], optim,
+                                checkpoint_dir=ckpt, **kw)
+  assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+  assert [h["val_clean"] for h in resumed.history] == [
+      h["val_clean"] for h in whole.history]
+  assert resumed.best_epoch == whole.best_epoch
+  for a, b in zip(jax.tree_util.tree_leaves(resumed.variables),
+                  jax.tree_util.tree_leaves(whole.variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_interpolation_endpoints_and_vmap_agree(tiny_cnn, synthetic):
   model, theta_at = tiny_cnn
   fns = models.ModelFns(model)
@@ -163,6 +186,14 @@ def test_select_alpha_on_hand_made_curves():
   assert interpolation.select_alpha(curve, 0.1)["alpha"] == 0.6
   assert interpolation.select_alpha(curve, 0.3)["alpha"] == 0.9
   assert interpolation.select_alpha(curve, 0.0)["alpha"] == 0.3
+  # robust_and_ood: OOD on corrupted validation images may not fall either.
+  for c, o in zip(curve, (70.0, 70.05, 69.8, 71.0)):
+    c["ood"] = o
+  assert interpolation.select_alpha(curve, 0.1, "robust_and_ood")["alpha"] == 0.3
+  assert interpolation.select_alpha(curve, 0.3, "robust_and_ood")["alpha"] == 0.9
+  with pytest.raises(UserError, match="rift.ood_val.enabled"):
+    interpolation.select_alpha([{k: v for k, v in c.items() if k != "ood"}
+                                for c in curve], 0.1, "robust_and_ood")
   with pytest.raises(UserError, match="tolerance=-1"):
     interpolation.select_alpha(curve, -1)
   with pytest.raises(UserError, match="empty"):

@@ -31,47 +31,23 @@ def _pair(n01: int, n10: int, n11: int = 0, n00: int = 0):
   return np.array(a), np.array(b)
 
 
-def _no_scipy(monkeypatch):
-  monkeypatch.setitem(sys.modules, "scipy", None)
-  monkeypatch.setitem(sys.modules, "scipy.stats", None)
-
-
 # --- McNemar ------------------------------------------------------------------
 
 def test_mcnemar_hand_values():
   # 8 vs 2 discordant: 2·(C(10,0) + C(10,1) + C(10,2))/2^10 = 2·56/1024.
   a, b = _pair(8, 2, n11=50, n00=40)
-  assert stats.mcnemar(a, b) == 0.109375
-  assert stats.mcnemar(b, a) == 0.109375          # symmetric
+  assert stats.mcnemar(a, b) == pytest.approx(0.109375, rel=1e-12)
+  assert stats.mcnemar(b, a) == stats.mcnemar(a, b)          # symmetric
   # 5 vs 0: 2·C(5,0)/2^5 = 2/32.
-  assert stats.mcnemar(*_pair(5, 0, n11=7)) == 0.0625
+  assert stats.mcnemar(*_pair(5, 0, n11=7)) == pytest.approx(0.0625, rel=1e-12)
   # 1 vs 3: 2·(1 + 4)/16 = 0.625.
-  assert stats.mcnemar(*_pair(1, 3)) == 0.625
+  assert stats.mcnemar(*_pair(1, 3)) == pytest.approx(0.625, rel=1e-12)
   # 3 vs 3: 2·P(X ≤ 3 | n = 6) = 2·42/64 > 1 → 1.
   assert stats.mcnemar(*_pair(3, 3)) == 1.0
   # No discordant pairs (also: identical vectors) → 1.
   assert stats.mcnemar(*_pair(0, 0, n11=5, n00=5)) == 1.0
   same = np.array([True, False, True])
   assert stats.mcnemar(same, same) == 1.0
-
-
-def test_mcnemar_large_n_paths_agree():
-  # Exact integer path vs saddle-point path, both sides of the switch.
-  for m, n in [(0, 30), (1, 30), (5, 30), (400, 1000), (9900, 20000),
-               (10000, 20000), (9700, 20000)]:
-    exact = stats._binom_half_cdf_exact(m, n)
-    approx = stats._binom_half_cdf_log(m, n)
-    assert approx == pytest.approx(exact, rel=1e-12), (m, n)
-  # Beyond the exact range: 40 discordant pairs more for B out of 30,000.
-  a, b = _pair(15020, 14980)
-  p = stats.mcnemar(a, b)
-  assert 0 < p < 1
-  scipy_stats = pytest.importorskip("scipy.stats")
-  assert p == pytest.approx(2 * scipy_stats.binom.cdf(14980, 30000, 0.5),
-                            rel=1e-10)
-  for m, n in [(499000, 10**6), (4990000, 10**7)]:
-    assert stats._binom_half_cdf_log(m, n) == pytest.approx(
-        scipy_stats.binom.cdf(m, n, 0.5), rel=1e-10)
 
 
 def test_mcnemar_refuses_non_binary_and_2d():
@@ -113,8 +89,8 @@ def test_bootstrap_known_delta_and_determinism():
   assert np.array_equal(draw(3), draw(3))
   assert not np.array_equal(draw(3), draw(4))
   # 2-D: delta is the difference of the overall means.
-  a2 = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], bool)
-  b2 = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 0]], bool)
+  a2 = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], bool).T
+  b2 = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 0]], bool).T
   assert stats.paired_bootstrap(a2, b2, num_resamples=100)[0] == (
       pytest.approx(100 * (8 - 7) / 12))
 
@@ -153,13 +129,13 @@ def test_bootstrap_coverage(monkeypatch, counts):
 
 
 def test_bootstrap_coverage_2d():
-  """[n, k]: per-image random effects; true difference of means +3 pp."""
+  """[k, n]: per-image random effects; true difference of means +3 pp."""
   rng = np.random.default_rng(7)
   covered, draws, k = 0, 200, 6
   for seed in range(draws):
-    base = rng.uniform(0.2, 0.9, size=(300, 1))         # image difficulty
-    a = rng.random((300, k)) < base
-    b = rng.random((300, k)) < base + 0.03
+    base = rng.uniform(0.2, 0.9, size=(1, 300))         # image difficulty
+    a = rng.random((k, 300)) < base
+    b = rng.random((k, 300)) < base + 0.03
     _, lo, hi = stats.paired_bootstrap(a, b, num_resamples=1000, seed=seed)
     covered += lo <= 3.0 <= hi
   assert 0.90 <= covered / draws <= 0.99, covered / draws
@@ -170,7 +146,7 @@ def test_bootstrap_2d_resamples_images_not_outcomes():
   a1 = rng.random(400) < 0.6
   b1 = rng.random(400) < 0.65
   k = 5
-  a2, b2 = np.repeat(a1[:, None], k, 1), np.repeat(b1[:, None], k, 1)
+  a2, b2 = np.repeat(a1[None], k, 0), np.repeat(b1[None], k, 0)
   # Perfectly correlated outcomes within an image: same d, same interval.
   assert stats.paired_bootstrap(a2, b2, num_resamples=1000) == (
       stats.paired_bootstrap(a1, b1, num_resamples=1000))
@@ -179,6 +155,35 @@ def test_bootstrap_2d_resamples_images_not_outcomes():
   _, lof, hif = stats.paired_bootstrap(a2.ravel(), b2.ravel(),
                                        num_resamples=1000)
   assert (hi2 - lo2) > 1.8 * (hif - lof)
+
+
+def test_pooled_seeds_resample_images_not_rows():
+  """A study's seeds test on the same images: pooled, the interval must
+  resample images with every seed's result kept together. One seed's
+  vectors stacked twice hold no more information than the seed alone: the
+  same interval; rows treated as independent would shrink it by ~√2."""
+  rng = np.random.default_rng(11)
+  a1 = rng.random(2000) < 0.80
+  b1 = np.where(rng.random(2000) < 0.1, ~a1, a1)
+  one = stats.paired_bootstrap(a1, b1, num_resamples=4000, seed=1)
+  stacked = stats.paired_bootstrap(np.stack([a1, a1]), np.stack([b1, b1]),
+                                   num_resamples=4000, seed=1)
+  assert stacked == pytest.approx(one, abs=1e-9)
+  _, lo_rows, hi_rows = stats.paired_bootstrap(
+      np.concatenate([a1, a1]), np.concatenate([b1, b1]), num_resamples=4000,
+      seed=1)
+  ratio = (one[2] - one[1]) / (hi_rows - lo_rows)
+  assert ratio == pytest.approx(math.sqrt(2), rel=0.08)
+  # The pooled permutation test likewise: stacking adds no evidence.
+  assert stats.paired_permutation(np.stack([a1, a1]), np.stack([b1, b1]),
+                                  num_resamples=4000, seed=2) == (
+      stats.paired_permutation(a1, b1, num_resamples=4000, seed=2))
+  # [seeds, cells, n] (OOD pooled over seeds): the per-image mean over both.
+  a3 = rng.random((2, 3, 50)) < 0.5
+  b3 = rng.random((2, 3, 50)) < 0.6
+  d = stats.paired_differences(a3, b3)
+  assert d.shape == (50,)
+  assert np.allclose(d, (b3.astype(float) - a3).mean(axis=(0, 1)))
 
 
 def test_bootstrap_input_checks():
@@ -220,12 +225,12 @@ def test_permutation_matches_exact_mcnemar(monkeypatch, counts):
 
 @pytest.mark.parametrize("counts", [True, False])
 def test_permutation_2d_matches_enumeration(monkeypatch, counts):
-  """[n, k] row means: compare with all 2^10 sign vectors over 10 images."""
+  """[k, n] column means: compare with all 2^10 sign vectors over 10 images."""
   monkeypatch.setattr(stats, "_use_counts", lambda *_: counts)
   rng = np.random.default_rng(3)
-  a = rng.random((10, 4)) < 0.4
-  b = rng.random((10, 4)) < 0.7
-  d = (b.astype(int) - a.astype(int)).sum(1)               # integer, exact
+  a = rng.random((4, 10)) < 0.4
+  b = rng.random((4, 10)) < 0.7
+  d = (b.astype(int) - a.astype(int)).sum(0)               # integer, exact
   flips = np.array(list(itertools.product((-1, 1), repeat=10)))
   exact = np.mean(np.abs(flips @ d) >= abs(d.sum()))
   assert 0.005 < exact < 0.5
@@ -244,35 +249,10 @@ def _check_123():
   assert hi == pytest.approx(2 + half, rel=1e-12)
 
 
-def test_seed_summary_with_scipy():
-  pytest.importorskip("scipy.stats")
+def test_seed_summary_hand_values():
   _check_123()
-
-
-def test_seed_summary_without_scipy(monkeypatch):
-  _no_scipy(monkeypatch)
-  calls = []
-  fallback = stats._t_ppf_fallback
-  monkeypatch.setattr(stats, "_t_ppf_fallback",
-                      lambda q, df: calls.append((q, df)) or fallback(q, df))
-  _check_123()
-  assert calls == [(0.975, 2)]
   for df, t in T975.items():
     assert stats.t_ppf(0.975, df) == pytest.approx(t, rel=1e-12)
-    assert stats.t_ppf(0.025, df) == pytest.approx(-t, rel=1e-12)
-  # df = 1 is Cauchy: tan(π(q − ½)).
-  for q in (0.6, 0.9, 0.995):
-    assert stats.t_ppf(q, 1) == pytest.approx(math.tan(math.pi * (q - 0.5)),
-                                              rel=1e-12)
-
-
-def test_t_fallback_matches_scipy():
-  scipy_stats = pytest.importorskip("scipy.stats")
-  for df in (1, 2, 3, 5, 7, 10, 15, 30, 60, 120, 250, 500, 1000):
-    for q in (0.55, 0.8, 0.95, 0.975, 0.995, 0.9995):
-      want = scipy_stats.t.ppf(q, df)
-      assert stats._t_ppf_fallback(q, df) == pytest.approx(want, rel=1e-9), (
-          df, q)
 
 
 def test_seed_summary_single_and_bad():
@@ -315,6 +295,35 @@ def test_describe():
       "+4.00 pp [+2.00, +6.00], p < 0.001, significant")
   assert stats.describe(-0.001, -0.9, 0.7, 12345, p=1.0) == (
       "+0.00 pp [\u22120.90, +0.70], p = 1, within noise at n = 12,345")
+
+
+def test_format_p_at_the_monte_carlo_floor():
+  # No resample reached the observed statistic: p = 1/(R + 1) is a bound.
+  assert stats.format_p(1 / 10001, stats.p_floor(10000)) == "p < 1e-4"
+  assert stats.format_p(1 / 1000, stats.p_floor(999)) == "p ≤ 1/1,000"
+  assert stats.format_p(3 / 10001, stats.p_floor(10000)) == "p < 0.001"
+  assert stats.format_p(0.0123, stats.p_floor(10000)) == "p = 0.012"
+  assert stats.format_p(1e-6) == "p < 0.001"     # an exact p: no floor
+
+
+def test_holm_hand_values():
+  # Sorted 0.005, 0.01, 0.03, 0.04 → ×4, ×3, ×2, ×1 = 0.02, 0.03, 0.06,
+  # 0.04 → running max 0.02, 0.03, 0.06, 0.06; back in input order.
+  assert np.allclose(stats.holm([0.01, 0.04, 0.03, 0.005]),
+                     [0.03, 0.06, 0.06, 0.02])
+  assert np.allclose(stats.holm([0.5, 0.9]), [1.0, 1.0])   # capped at 1
+  assert np.allclose(stats.holm([0.02]), [0.02])           # a family of one
+  with pytest.raises(UserError):
+    stats.holm([0.1, 1.5])
+
+
+def test_noninferior():
+  assert stats.noninferior(-0.3, 0.5)           # a drop of 0.5 pp is ruled out
+  assert not stats.noninferior(-0.7, 0.5)       # the interval reaches −0.7
+  assert not stats.noninferior(-0.5, 0.5)       # touching the margin: not shown
+  assert stats.noninferior(0.2, 0.0)
+  with pytest.raises(UserError):
+    stats.noninferior(0.0, -1.0)
 
 
 # --- import hygiene -----------------------------------------------------------

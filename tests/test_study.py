@@ -41,11 +41,24 @@ def test_aggregate_by_hand(tmp_path):
   assert c["delta_std"] == pytest.approx(1.0)
   half = stats.t_ppf(0.975, 2) * 1.0 / np.sqrt(3)
   assert c["delta_seed_ci95"] == pytest.approx([10.0 - half, 10.0 + half])
-  # Pooled: 60 discordant pairs, all in RiFT's favour, over 600 examples.
+  # Pooled over the 200 shared images: 22 images improve (18 in all three
+  # seeds, 2 in two, 2 in one), none gets worse: only the all-positive sign
+  # vector reaches the observed sum, so p sits at its Monte-Carlo floor;
+  # Holm over the family (clean, adv) doubles it.
+  from rift_jax import pipeline
   assert c["pooled"]["delta"] == pytest.approx(10.0)
-  assert c["pooled"]["n"] == 3 * n
-  assert c["pooled"]["p_mcnemar"] == pytest.approx(2 * 0.5 ** 60)
+  assert c["pooled"]["n"] == n and c["pooled"]["seeds"] == 3
+  floor = stats.p_floor(pipeline.PERMUTATIONS)
+  assert c["pooled"]["p_permutation"] == pytest.approx(floor)
+  assert c["pooled"]["p_holm"] == pytest.approx(2 * floor)
   assert c["verdict"] == "real"           # both intervals exclude 0
+  # The cluster interval: images resampled with their three seeds together
+  # (per-image mean Δ), not the 600 rows as if independent.
+  d = (np.stack([np.r_[np.zeros(100), np.ones(k), np.zeros(100 - k)]
+                 for k in seeds.values()])).mean(0)
+  lo, hi = c["pooled"]["ci95"]
+  se = 100 * d.std() / np.sqrt(n)
+  assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.1)
   a = out["main"]["adv"]                 # identical models: no difference
   assert a["delta_mean"] == 0 and a["pooled"]["ci95"] == [0.0, 0.0]
   assert a["verdict"] == "within noise"
@@ -62,19 +75,81 @@ def test_aggregate_by_hand(tmp_path):
 def test_variant_configs_change_one_thing():
   from tests.configs import tiny_study
   c = tiny_study.get_config()
-  v = study.variant_config(c, 1, "lr_x10", "/runs/seed_1/at")
+  v = study.variant_config(c, 1, "all_modules", "/runs/seed_1/at")
   assert v.seed == 1 and v.rift.at_checkpoint == "/runs/seed_1/at"
-  assert v.rift.finetune.optim.lr == pytest.approx(10 * c.rift.finetune.optim.lr)
-  assert study.variant_config(c, 0, "conv3x3", "x").rift.finetune.candidates == "conv3x3"
+  assert v.rift.finetune.candidates == "all" != c.rift.finetune.candidates
   assert study.variant_config(c, 0, "frozen_bn", "x").rift.finetune.update_batch_stats is False
+  v = study.variant_config(c, 0, "alpha_ood", "x")
+  assert v.rift.alpha_rule == "robust_and_ood" and v.rift.ood_val.enabled
   assert study.seed_config(c, 2).data.to_dict() == c.data.to_dict()
+  for name in study.VARIANTS:               # every variant is a valid config
+    from rift_jax import validation
+    validation.validate_rift(study.variant_config(c, 0, name, ""))
 
 
 def test_variant_fine_tunes_at_the_main_runs_chosen_lr():
   from tests.configs import tiny_study
   c = tiny_study.get_config()
-  v = study.variant_config(c, 0, "conv3x3", "x", lr=0.02)
+  v = study.variant_config(c, 0, "frozen_bn", "x", lr=0.02)
   assert v.rift.finetune.optim.lr == pytest.approx(0.02)
   assert tuple(v.rift.finetune.lr_sweep) == ()
-  v = study.variant_config(c, 0, "lr_x10", "x", lr=0.02)
-  assert v.rift.finetune.optim.lr == pytest.approx(0.2)
+  # Variants that set the lr themselves keep theirs.
+  assert study.variant_config(c, 0, "lr0", "x", lr=0.02).rift.finetune.optim.lr == 0
+  assert tuple(study.variant_config(c, 0, "lr_sweep", "x", lr=0.02)
+               .rift.finetune.lr_sweep) == (1e-3, 1e-2, 3e-2)
+
+
+def test_tiny_study_end_to_end_with_every_diagnostic(tmp_path):
+  """One seed of a tiny study through every new stage: OOD along α on
+  corrupted validation images, the BatchNorm swap, a variant that reuses the
+  main run's fine-tuning (alpha_ood) and θ_AT's test records, the MRC
+  stability check; the finished seed lands in results_dir and the tables are
+  built from there."""
+  from tests.configs import tiny_study
+  c = tiny_study.get_config()
+  c.unlock()
+  c.data.val_size = 160                      # two disjoint fixed sets of 64
+  c.rift.bn_swap = True
+  c.study.variants = {"alpha_ood": (0,)}
+  c.study.stability_seeds = (0,)
+  c.study.results_dir = str(tmp_path / "results")
+  out = study.run(c, str(tmp_path / "w"), [0])
+  seed_dir = tmp_path / "w" / "seed_0"
+  res = json.load(open(seed_dir / "results.json"))
+  # OOD on corrupted validation images at every α; α=0 is θ_AT.
+  assert all("ood" in e for e in res["interpolation"])
+  assert res["alpha_rule"] == "robust"
+  # The BN swap: two models, each paired against θ_AT on the same images.
+  assert set(res["bn_swap"]) == {"at_params_star_stats", "star_params_at_stats"}
+  for e in res["bn_swap"].values():
+    assert e["paired"]["clean"]["n"] == res["n_test"]
+  # The variant reused θ_FT (no fine-tuning stage of its own) and θ_AT's
+  # test records (identical to the main run's).
+  vdir = seed_dir / "variants" / "alpha_ood"
+  vres = json.load(open(vdir / "results.json"))
+  assert "finetune" not in vres["timing_s"]
+  assert vres["alpha_rule"] == "robust_and_ood"
+  main_at = records.of_model(records.load(str(seed_dir / "records.npz")), "at")
+  var_at = records.of_model(records.load(str(vdir / "records.npz")), "at")
+  assert all(np.array_equal(main_at[k], var_at[k]) for k in main_at)
+  # The chosen α keeps corrupted-validation accuracy (the rule's promise).
+  ref = vres["interpolation"][0]
+  chosen = [e for e in vres["interpolation"] if e["alpha"] == vres["alpha"]][0]
+  assert chosen["ood"] >= ref["ood"] - c.rift.tolerance - 1e-9
+  # MRC stability: three comparisons over the same modules.
+  stab = json.load(open(seed_dir / "mrc_stability.json"))
+  assert set(stab["comparisons"]) == {"batch500", "per_step", "disjoint_set"}
+  for comp in stab["comparisons"].values():
+    assert -1.0 <= comp["spearman"] <= 1.0
+    assert set(comp["mrc"]) == set(res["mrc"])
+  # Results dir: the small outputs only, and the tables built from them.
+  kept = tmp_path / "results" / "seed_0"
+  assert (kept / "results.json").exists() and (kept / "at" / "done.json").exists()
+  assert (kept / "variants" / "alpha_ood" / "records.npz").exists()
+  assert not list(kept.rglob("*checkpoint*")) and not (kept / "fixed_set.npz").exists()
+  assert study.finished_seeds(str(tmp_path / "results")) == [0]
+  text = open(tmp_path / "results" / "study.md").read()
+  assert "## Why does OOD move? The BatchNorm swap" in text
+  assert "## How stable is the MRC ranking?" in text
+  assert "(Holm)" in text and "Adv kept (non-inferiority)?" in text
+  assert set(out["variants"]) == {"alpha_ood"}

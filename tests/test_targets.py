@@ -25,11 +25,12 @@ def _params():
 MRC = {"conv1": 0.01, "layer1.0.shortcut.0": 0.02, "linear": 0.03,
        "layer2.0.conv1": 0.2, "layer1.0.conv2": 0.5, "layer1.0.conv1": 0.9,
        "layer2.0.conv2": 3.0, "layer2.0.shortcut.0": 9.0}
-SCORES = {n: criticality.MRCResult(mrc=v, adv_acc_drop=0.0, relative_norm=0.0,
-                                   base_loss=0.0, base_acc=0.0)
-          for n, v in MRC.items()}
 ALL = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.0.shortcut.0",
        "layer2.0.conv1", "layer2.0.conv2", "layer2.0.shortcut.0", "linear"]
+# In network order, as `criticality.mrc` returns them.
+SCORES = {n: criticality.MRCResult(mrc=MRC[n], adv_acc_drop=0.0, relative_norm=0.0,
+                                   base_loss=0.0, base_acc=0.0)
+          for n in ALL}
 CONV3 = ["layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.conv2"]
 
 
@@ -59,8 +60,10 @@ def test_candidate_presets():
     ("conv3x3", "topk", 10, ["layer2.0.conv1", "layer1.0.conv2",
                              "layer1.0.conv1", "layer2.0.conv2"]),
     ("conv3x3", "robust_critical", 1, ["layer2.0.conv2"]),
-    ("conv3x3", "all", 1, CONV3),
-    ("conv3x3", "last", 1, ["layer2.0.conv2"]),
+    # The paper's "all layers" / "last layer" ablations are the network's
+    # layers, whatever the candidates of the MRC-ranked targets.
+    ("conv3x3", "all", 1, ALL),
+    ("conv3x3", "last", 1, ["linear"]),
 ])
 def test_targets_on_hand_made_scores(candidates, target, k, want):
   cands = finetuning.candidate_modules(_params(), candidates)

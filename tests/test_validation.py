@@ -51,7 +51,7 @@ def _with(**overrides):
     ({"rift__finetune__target": "best"}, "rift.finetune.target='best'"),
     ({"rift__finetune__candidates": "conv5x5"}, "rift.finetune.candidates='conv5x5'"),
     ({"rift__finetune__lr_sweep": (0.01, -1.0)}, "rift.finetune.lr_sweep entry=-1.0"),
-    ({"rift__finetune__optim__lr": 0.0}, "rift.finetune.optim.lr=0.0"),
+    ({"rift__finetune__optim__lr": -0.1}, "rift.finetune.optim.lr=-0.1"),
     ({"rift__finetune__optim__epochs": 0}, "rift.finetune.optim.epochs=0"),
     # α, test attack, ablations, OOD
     ({"rift__alphas": (0.5, 1.0)}, "rift.alphas must contain 0.0"),

@@ -11,8 +11,11 @@ from tests.configs import tiny
 def get_config():
   c = tiny.get_config()
   c.unlock()
-  c.study = ml_collections.ConfigDict(dict(variants=("lr_x10",),
-                                           variant_seeds=(0,)))
+  c.study = ml_collections.ConfigDict(dict(
+      variants=ml_collections.ConfigDict(dict(frozen_bn=(0,))),
+      stability_seeds=(), results_dir=""))
   c.rift.ood = common.ood(enabled=True, corruptions="gaussian_noise,contrast",
                           max_images=16, severities=(1, 5))
+  c.rift.ood_val = common.ood(enabled=True, corruptions="gaussian_noise,contrast",
+                              max_images=8, severities=(3,))
   return c.lock()
