@@ -45,3 +45,33 @@ def test_every_shipped_config_validates():
 def test_bad_variant_names_the_allowed_ones():
   with pytest.raises(ValueError, match="dataset in cifar10, cifar100, tiny_imagenet"):
     paper.get_config("mnist,resnet18")
+
+
+def _shipped_rift_configs():
+  yield "quickstart", quickstart.get_config()
+  yield "study", study.get_config()
+  for v in ("cifar10,resnet18", "cifar100,wrn34_10", "tiny_imagenet,resnet34"):
+    yield f"paper:{v}", paper.get_config(v)
+  for m in ("pgd_at", "trades"):
+    yield f"methods_paper:{m}", methods_paper.get_config(m)
+  for m in ("pgd_at", "pgd_at,fast"):
+    yield f"quickstart_methods:{m}", quickstart_methods.get_config(m)
+
+
+@pytest.mark.parametrize("name,c", list(_shipped_rift_configs()))
+def test_shipped_configs_run_rift_as_the_authors_did(name, c):
+  """At least the official 200 MRC ascent steps a module (10,000 examples
+  in batches of 512 over 10 passes), and the lowest-MRC 3×3 block
+  convolution as the fine-tuned module."""
+  m = c.rift.mrc
+  steps = int(m.num_passes) * -(-int(m.num_examples) // int(m.batch_size))
+  assert steps >= 200, (name, steps)
+  assert c.rift.finetune.candidates == "conv3x3", name
+
+
+def test_smoke_variant_is_small_and_valid():
+  c = quickstart.get_config("smoke")
+  validation.validate_rift(c)
+  assert c.data.source == "debian" and c.rift.ood.enabled   # the demo's path
+  with pytest.raises(ValueError, match="quickstart.py:smoke"):
+    quickstart.get_config("tiny")
