@@ -41,21 +41,22 @@ from rift_jax.errors import UserError, check_choice
 
 # Investigations of why RiFT does or does not help; each changes one thing
 # of the seed's main run and reuses its θ_AT, fixed set and MRC.
+# Run in this order (cheapest and most telling first).
 VARIANTS = {
+    # α chosen so that corrupted-validation accuracy may not fall either
+    # (same fine-tuning as the main run; only α and the test differ).
+    "alpha_ood": {"rift.alpha_rule": "robust_and_ood"},
+    # θ_AT's BatchNorm statistics kept while fine-tuning.
+    "frozen_bn": {"rift.finetune.update_batch_stats": False},
     # Ablation: the lowest MRC over EVERY module (stem, 1×1 shortcuts and
     # head included), not only 3×3 block convolutions as the authors chose.
     "all_modules": {"rift.finetune.candidates": "all"},
-    # θ_AT's BatchNorm statistics kept while fine-tuning.
-    "frozen_bn": {"rift.finetune.update_batch_stats": False},
     # Fine-tuning at lr 0: only the BN statistics move (train mode) — how
     # much of the change is recalibration alone.
     "lr0": {"rift.finetune.optim.lr": 0.0, "rift.finetune.lr_sweep": ()},
     # The paper's lr rule: a larger lr while robustness stays (α rule),
     # chosen on validation among these.
     "lr_sweep": {"rift.finetune.lr_sweep": (1e-3, 1e-2, 3e-2)},
-    # α chosen so that corrupted-validation accuracy may not fall either
-    # (same fine-tuning as the main run; only α and the test differ).
-    "alpha_ood": {"rift.alpha_rule": "robust_and_ood"},
 }
 # Variants that fine-tune exactly as the main run (its θ_FT is reused).
 _SAME_FINETUNE = ("alpha_ood",)
@@ -101,8 +102,12 @@ def variant_config(config, seed: int, name: str, at_dir: str,
 
 
 def variant_seeds(config) -> dict[str, list[int]]:
-  return {name: [int(s) for s in seeds]
-          for name, seeds in config.study.variants.items()}
+  """{variant: seeds} from `config.study.variants`, in `VARIANTS` order."""
+  chosen = {name: [int(s) for s in seeds]
+            for name, seeds in config.study.variants.items()}
+  for name in chosen:
+    check_choice("study.variants entry", name, tuple(VARIANTS))
+  return {name: chosen[name] for name in VARIANTS if name in chosen}
 
 
 def validate(config, seeds) -> None:
@@ -140,11 +145,14 @@ def _reuse(src_dir: str, dst_dir: str, same_finetune: bool) -> None:
       shutil.copytree(src, dst)
 
 
-def run_seed(config, workdir: str, seed: int) -> None:
-  """Seed `seed`: the main run, its variants and the MRC stability check."""
+def run_seed(config, workdir: str, seed: int, save=lambda: None) -> None:
+  """Seed `seed`: the main run, its variants and the MRC stability check;
+  `save()` after each of them (the finished parts reach results_dir as
+  they finish)."""
   main = os.path.join(workdir, f"seed_{seed}")
   print(f"=== seed {seed} ===")
   pipeline.run(seed_config(config, seed), main)
+  save()
   chosen = wd.read_json(os.path.join(main, "results.json"))["lr"]
   for name, vseeds in variant_seeds(config).items():
     if seed not in vseeds:
@@ -154,23 +162,28 @@ def run_seed(config, workdir: str, seed: int) -> None:
     _reuse(main, vdir, name in _SAME_FINETUNE)
     pipeline.run(variant_config(config, seed, name, os.path.join(main, "at"),
                                 lr=chosen), vdir)
+    save()
   if seed in [int(s) for s in config.study.stability_seeds]:
     print(f"=== seed {seed}, MRC ranking stability ===")
     from rift_jax import mrc_stability
     mrc_stability.run(seed_config(config, seed), main)
+    save()
 
 
 def save_seed(workdir: str, seed: int, results_dir: str) -> None:
-  """Copies a finished seed's small outputs (and its variants') into
-  `results_dir/seed_<k>/`, atomically: a half-copied seed never appears."""
+  """Copies a seed's finished runs' small outputs (the main run and each
+  finished variant) into `results_dir/seed_<k>/`, atomically: a
+  half-copied seed never appears."""
   src = os.path.join(workdir, f"seed_{seed}")
   dst = os.path.join(results_dir, f"seed_{seed}")
   tmp = dst + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
-  runs = [""] + [os.path.join("variants", v) for v in sorted(
-      os.listdir(os.path.join(src, "variants")))
-      ] if os.path.isdir(os.path.join(src, "variants")) else [""]
+  variants = os.path.join(src, "variants")
+  runs = [""] + ([os.path.join("variants", v) for v in sorted(os.listdir(variants))]
+                 if os.path.isdir(variants) else [])
   for r in runs:
+    if not os.path.exists(os.path.join(src, r, "results.json")):
+      continue                                  # unfinished: not kept
     for f in _KEEP:
       p = os.path.join(src, r, f)
       if os.path.exists(p):
@@ -195,9 +208,8 @@ def run(config, workdir: str, seeds) -> dict:
                 {"seeds": seeds, "config": config.to_dict()})
   results_dir = config.study.results_dir
   for s in seeds:
-    run_seed(config, workdir, s)
-    if results_dir:
-      save_seed(workdir, s, results_dir)
+    run_seed(config, workdir, s, save=lambda s=s: results_dir and save_seed(
+        workdir, s, results_dir))
   if results_dir:
     return aggregate(results_dir, finished_seeds(results_dir), config)
   return aggregate(workdir, seeds, config)
