@@ -18,7 +18,7 @@ def pgd(epsilon, step_size, num_steps, restarts=1, **kw):
 
 
 def ood(enabled=False, corruptions="all", max_images=0, **kw):
-  """An OOD block (`rift_jax.corruptions.load_sets`): source 'generated'
+  """An OOD block (`rift_jax.data.corruptions.load_sets`): source 'generated'
   (corrupt the test split with imagecorruptions, cached in cache_dir, default
   <workdir>/ood_cache) | 'cifar10_c' (TFDS cifar10_corrupted in root or
   data.data_dir) | 'cifar100_c' (<root>/<name>.npy) | 'tiny_imagenet_c'
@@ -41,21 +41,21 @@ def base_config() -> ml_collections.ConfigDict:
       name="cifar10", source="tfds", data_dir="~/tensorflow_datasets",
       debian_dir="/usr/share/datasets/fashion-mnist", val_size=1000,
       train_size=0, test_size=0, split_seed=0))
-  # conv_impl: input-gradient rule of the convolutions (rift_jax/conv.py):
+  # conv_impl: input-gradient rule of the convolutions (rift_jax/models/conv.py):
   # auto = phase decomposition on CPU, XLA's own on GPU/TPU | phase | xla.
-  # input_normalization: how the model expects its inputs (rift_jax/config.py):
+  # input_normalization: how the model expects its inputs (rift_jax/models/build.py):
   # 'dataset' (mean/std of the data set, inside the model) | 'none' ([0, 1]
   # inputs, RobustBench) | ((mean, ...), (std, ...)).
   # compute_dtype: 'float32' | 'bfloat16' (mixed precision for GPU/TPU:
   # bfloat16 compute, float32 params, optimiser state, BatchNorm statistics,
-  # logits, losses and attack inputs; rift_jax/models.py). On CPU bfloat16
+  # logits, losses and attack inputs; rift_jax/models/zoo.py). On CPU bfloat16
   # is slower, not faster.
   c.model = ml_collections.ConfigDict(dict(name="resnet18", width=64,
                                            conv_impl="auto",
                                            input_normalization="dataset",
                                            compute_dtype="float32"))
   # natural | pgd_at | trades | mart | score | awp | cure | aft
-  # (rift_jax.methods.METHODS); hyperparameters in the block named after it.
+  # (rift_jax.training.methods.METHODS); hyperparameters in the block named after it.
   c.method = "pgd_at"
   c.augment = True
   c.log_every = 10
@@ -72,14 +72,14 @@ def base_config() -> ml_collections.ConfigDict:
       # schedule='slow_start_fast_decay' (AFT, rift_jax/aft.py) only:
       warmup_epochs=0.0, start_lr_factor=0.0, decay_shape="linear",
       end_lr_factor=0.0))
-  # Method blocks (docs/algorithms.md; rift_jax/objectives.py, cure.py).
+  # Method blocks (docs/algorithms.md; rift_jax/training/objectives.py, cure.py).
   c.trades = ml_collections.ConfigDict(dict(beta=6.0))
   # λ = 6: mart.py / WideResNet script; the ResNet-18 script uses 5
   # (configs/methods_paper.py sets it per architecture).
   c.mart = ml_collections.ConfigDict(dict(lam=6.0))
   # recipe: 'no_extra_data' (CIFAR training set only; β = 6, clip_loss = 0.3,
   # i.e. per-example losses below 0.1 are clipped) | 'extra_data' (the DDPM
-  # recipe's loss: β = 4, clip_loss = 0); see rift_jax/objectives.py.
+  # recipe's loss: β = 4, clip_loss = 0); see rift_jax/training/objectives.py.
   c.score = ml_collections.ConfigDict(dict(recipe="no_extra_data", beta=6.0,
                                            clip_loss=0.3))
   # base: 'pgd_at' | 'trades' (beta is TRADES' β then); AWP off for the first
@@ -92,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   # bn_passes: which forward passes update the BN running averages,
   # 'authors' (every train-mode pass of the authors' loop: attack passes of a
   # train-mode CE attack, statistics-only repeats) | 'loss' (only the loss
-  # passes); rift_jax/objectives.py, BatchNorm policy.
+  # passes); rift_jax/training/objectives.py, BatchNorm policy.
   c.attack = pgd(8 / 255, 2 / 255, 10, bn_mode="train", bn_passes="authors")
   # Model selection on validation: PGD-10 (one restart) each epoch.
   c.eval = ml_collections.ConfigDict(dict(
@@ -141,7 +141,7 @@ def rift_config() -> ml_collections.ConfigDict:
           lr_decay_factor=0.1))))
   r.alphas = tuple(round(0.1 * i, 1) for i in range(11))
   r.tolerance = 0.1   # percentage points of validation robust accuracy
-  # How α is chosen on validation (rift_jax/interpolation.py): 'robust' (the
+  # How α is chosen on validation (rift_jax/rift/interpolation.py): 'robust' (the
   # paper's: highest clean accuracy with robust accuracy ≥ α=0's − tolerance)
   # | 'robust_and_ood' (corrupted-validation accuracy may not fall either;
   # needs rift.ood_val).

@@ -24,7 +24,7 @@ A method differs from it only where the table says so.
 Per method, what the papers leave to code, taken from the authors' code.
 BN = BatchNorm mode while crafting (`attack.bn_mode`). Passes = the forward
 passes that update the BN running averages in one step, in order
-(`attack.bn_passes='authors'`, rift_jax/objectives.py): x_0 … x_K the
+(`attack.bn_passes='authors'`, rift_jax/training/objectives.py): x_0 … x_K the
 train-mode attack's K + 1 passes (each step and the final loss evaluation),
 x' the adversarial batch, (x) a statistics-only clean pass, θ' = θ after the
 update, θ + v AWP's perturbed weights. Epochs are the authors' 1-based ones
@@ -39,7 +39,7 @@ update, θ + v AWP's perturbed weights. Epochs are the authors' 1-based ones
 | awp | train | x_0 … x_K, x' at θ + v, (x) at θ' | AT-AWP: γ = 5e-3 (RiFT §5.1; the code's default 1e-2), no warm-up; common recipe (the code: PreAct-18, 200 epochs, ×0.1 at 100 and 150) | csdongxian/AWP `AT_AWP/train_cifar10.py`, `AT_AWP/utils_awp.py` |
 | awp_trades | eval | x', x, (x), at θ + v | TRADES-AWP: γ = 5e-3, β = 6, AWP from epoch 10; common recipe (the code: WRN-34-10, 200 epochs, ×0.1 at 100 and 150) | csdongxian/AWP `trades_AWP/train_trades_cifar.py`, `trades_AWP/utils_awp.py` |
 | cure | eval | x, x' | from a natural model; ResNet: p = 30, α = 0.1, γ = 1.0; WRN-34-10: p = 50, α = 0.3, γ = 0.5; r = 0.2, d = 0.999, β = 6 (paper; the code's default 5); 120 epochs at lr 0.1, ×0.1 once at 100 (README epochs, `--epoch_step 100 150` default) | NeurAI-Lab/CURE `README.md`, `train.py`, `utilities/args.py`, `train_util/adversarial_loss.py` |
-| aft | train | as pgd_at (our choice) | PGD-AT fine-tuning of a natural model, 15 epochs (≈ 1/7 of AT's 110), 'slow start, fast decay': linear rise 0.01 → 0.1 over 6 epochs, then a cosine fall to 0 (our choice: no code or values in the material we have; rift_jax/schedules.py) | none |
+| aft | train | as pgd_at (our choice) | PGD-AT fine-tuning of a natural model, 15 epochs (≈ 1/7 of AT's 110), 'slow start, fast decay': linear rise 0.01 → 0.1 over 6 epochs, then a cosine fall to 0 (our choice: no code or values in the material we have; rift_jax/training/schedules.py) | none |
 | natural | — | x | clean training, best validation clean accuracy | — |
 
 SCORE: RiFT's Table 2 trains on the CIFAR-10 training set only (no

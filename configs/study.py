@@ -24,7 +24,7 @@ module the authors published is one); fine-tuning with the paper's recipe
 paper's rule on validation.
 Diagnostics on every seed: the BatchNorm swap (rift.bn_swap), OOD per
 corruption family, OOD along the α curve (rift.ood_val).
-Variants (`study.variants`: {name: seeds}; rift_jax/study.py): all_modules
+Variants (`study.variants`: {name: seeds}; rift_jax/experiments/study.py): all_modules
 (lowest MRC over every module: the ablation) and frozen_bn on every seed;
 lr0 (statistics only), lr_sweep (the paper's lr rule) and alpha_ood (α that
 keeps corrupted-validation accuracy) on seed 0; the MRC ranking's stability

@@ -21,7 +21,7 @@ logits are checked to agree:
 - PGD-10 attack (L-inf, ε 8/255, step 2/255, random start, BN in eval mode):
   JAX jitted unrolled and rolled loops vs `torchattacks.PGD`.
 - PGD-10 AT train step (attack with BN in train mode, SGD momentum, weight
-  decay): `rift_jax.train.make_train_step` vs torchattacks + a standard
+  decay): `rift_jax.training.make_train_step` vs torchattacks + a standard
   PyTorch step. Its compile time (trace + lower + XLA compile).
 - Achieved FLOP/s of the attack (XLA cost analysis of the compiled attack)
   over the FLOP/s of a 2048x2048 float32 matmul on this machine.
@@ -31,7 +31,7 @@ logits are checked to agree:
 Times are the best of `--reps` runs after a warm-up run (all runs listed).
 
 mrc — RiFT step 1 at the cost the paper says it needs: `rift_jax.mrc`
-against the authors' loop in PyTorch (`rift_jax.torch_reference_algos.
+against the authors' loop in PyTorch (`launch.torch_reference_algos.
 official_mrc`: a deep copy per module, only its weight requiring grad, SGD
 lr 1 on −CE, batches over the fixed set, projection onto ‖w − w0‖_F ≤
 0.1‖w0‖_F and a loss evaluation of the whole set after every pass). Same
@@ -40,7 +40,7 @@ weights, same fixed set: the first `--mrc_examples` Fashion-MNIST test
 images, PGD-10 (ε 0.1, step 0.025) against the model in JAX, once (not
 timed); `--mrc_batch_size`, `--mrc_passes`, per-pass projection. Defaults
 are the issue's setting (width 16, 1,000 examples, batch 500, 10 passes).
-Weights: `--mrc_checkpoint` (a PyTorch/safetensors file `rift_jax.convert`
+Weights: `--mrc_checkpoint` (a PyTorch/safetensors file `rift_jax.models.convert`
 reads); else the committed fixture tests/fixtures/fmnist_resnet18_w4_pgdat
 .safetensors when `--mrc_width=4`; else a seeded random init (the cost of a
 step does not depend on the weight values; both frameworks get the same
@@ -134,7 +134,7 @@ flags.DEFINE_integer("threads", 0, "Threads for PyTorch (0: os.cpu_count(), "
                      "which is what XLA:CPU uses).")
 flags.DEFINE_bool("rolled", True, "Also time the rolled (fori_loop) JAX attack.")
 flags.DEFINE_string("conv_impl", "auto", "Input-gradient rule of the JAX "
-                    "convolutions: auto | phase | xla (rift_jax.conv).")
+                    "convolutions: auto | phase | xla (rift_jax.models.conv).")
 flags.DEFINE_list("phases", ["base", "mrc", "autoattack"], "Which phases to "
                   "run: base (PGD, AT step, FLOP/s, interpolation), mrc, "
                   "autoattack.")
@@ -153,7 +153,7 @@ flags.DEFINE_list("mrc_routes", ["static", "mask"], "MRC: our routes to time "
 flags.DEFINE_integer("mrc_reps", 1, "MRC: timed runs per module after the "
                      "compiling one (ours) / timed runs per module (PyTorch).")
 flags.DEFINE_string("mrc_checkpoint", "", "MRC: weights of a Fashion-MNIST "
-                    "ResNet-18 of width --mrc_width (a file rift_jax.convert "
+                    "ResNet-18 of width --mrc_width (a file rift_jax.models.convert "
                     "reads: .safetensors / .pth).")
 # autoattack phase
 flags.DEFINE_integer("aa_images", 500, "AutoAttack: Fashion-MNIST test images.")
@@ -256,11 +256,11 @@ class _CompileClock:
 
 # -------------------------------------------------------- PyTorch model
 def torch_twin(width: int, variables):
-  """The PyTorch ResNet-18 of the cross-checks (`rift_jax/torch_models.py`,
+  """The PyTorch ResNet-18 of the cross-checks (`rift_jax/models/torch_models.py`,
   same layers and names as `rift_jax.models.ResNet`) holding `variables`."""
   import torch
-  from rift_jax import convert
-  from rift_jax import torch_models
+  from rift_jax.models import convert
+  from rift_jax.models import torch_models
   model = torch_models.ResNet18(num_classes=NUM_CLASSES, width=width,
                                 mean=CIFAR_MEAN, std=CIFAR_STD)
   model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
@@ -297,7 +297,7 @@ def run(width: int, batch: int, num_steps: int, reps: int, threads: int,
   import jax
   import torch
   import torchattacks
-  from rift_jax import conv
+  from rift_jax.models import conv
 
   torch.set_num_threads(threads)
   _CompileClock.get()   # listen to JAX's compile events from the start
@@ -334,8 +334,9 @@ def base_phase(out: dict, *, width: int, batch: int, num_steps: int, reps: int,
   import torch
   import torchattacks
   from configs import common as config_common
-  from rift_jax import (attacks, evaluate, interpolation, models, objectives,
-                        sharding, train)
+  from rift_jax import attacks, evaluation, models, sharding, training
+  from rift_jax.rift import interpolation
+  from rift_jax.training import objectives
 
   mesh = sharding.make_mesh()
   sharding.check_batch_size(batch, mesh, "--batch_size")
@@ -392,13 +393,13 @@ def base_phase(out: dict, *, width: int, batch: int, num_steps: int, reps: int,
 
   _log("JAX PGD-AT train step (BN in train mode while attacking)")
   optim = config_common.base_config().optim
-  tx = train.make_optimizer(optim, 100)
+  tx = training.make_optimizer(optim, 100)
   ctx = objectives.Context(fns=fns, attack=attacks.PGDConfig(
       epsilon=EPSILON, step_size=STEP_SIZE, num_steps=num_steps), attack_bn="train")
-  step = train.make_train_step(ctx, tx, objectives.pgd_at, None,
+  step = training.make_train_step(ctx, tx, objectives.pgd_at, None,
                                augment=False)
   # A copy: the step donates its state, which must not delete `variables`.
-  state = sharding.replicate(train.create_state(
+  state = sharding.replicate(training.create_state(
       jax.tree_util.tree_map(jnp.copy, variables), tx, jax.random.PRNGKey(2)),
       mesh)
   t0 = time.perf_counter()
@@ -472,7 +473,7 @@ def base_phase(out: dict, *, width: int, batch: int, num_steps: int, reps: int,
   from rift_jax import data
   theta_ft = jax.tree_util.tree_map(lambda a: a * 1.01, variables)
   split = data.Split((x_np * 255).astype(np.uint8), y_np)
-  evaluator = evaluate.Evaluator(fns, evaluate.pgd_attack_fn(attacks.PGDConfig(
+  evaluator = evaluation.Evaluator(fns, evaluation.pgd_attack_fn(attacks.PGDConfig(
       epsilon=EPSILON, step_size=STEP_SIZE, num_steps=num_steps)), batch, mesh,
       stacked=True)
   alpha = jnp.asarray([0.5], jnp.float32)
@@ -483,7 +484,7 @@ def base_phase(out: dict, *, width: int, batch: int, num_steps: int, reps: int,
   out["interpolation_seconds_per_alpha"], out["interpolation_s_all"], _ = _timed(
       one_alpha, reps)
   out["interpolation_setting"] = (
-      "rift_jax.interpolation.mix_stack + evaluate.Evaluator(stacked=True) "
+      "rift_jax.rift.interpolation.mix_stack + evaluation.Evaluator(stacked=True) "
       f"(as evaluate_alphas with chunk=1): clean + PGD-{num_steps} on {batch} "
       "images; compiled before timing")
   out["peak_rss_mb_base"] = _rss_mb()
@@ -514,7 +515,8 @@ def fmnist_resnet18(width: int, checkpoint: str = ""):
   when width is its width; else a seeded random init."""
   import jax
   import torch
-  from rift_jax import convert, data, models, torch_models
+  from rift_jax import data, models
+  from rift_jax.models import convert, torch_models
   info = data.INFO["fashion_mnist"]
   model = models.create_model("resnet18", num_classes=NUM_CLASSES, width=width,
                               mean=info.mean, std=info.std)
@@ -553,8 +555,9 @@ def mrc_phase(out: dict, *, width: int = 16, num_examples: int = 1000,
   import jax
   import numpy as np
   import torch
-  from rift_jax import attacks, criticality, models
-  from rift_jax import torch_reference_algos as ref
+  from rift_jax import attacks, models
+  from rift_jax.rift import criticality
+  from launch import torch_reference_algos as ref
 
   epsilon, lr = 0.1, 1.0
   _log(f"MRC: ResNet-18 width {width}, {num_examples} fixed examples, batch "
@@ -677,7 +680,7 @@ def mrc_phase(out: dict, *, width: int = 16, num_examples: int = 1000,
       f"seconds to score one module: rift_jax.mrc ({passes} passes over "
       f"{num_examples} fixed adversarial examples in batches of {batch}: ascent "
       "steps, per-pass projection, loss/accuracy evaluation) vs the authors' "
-      "PyTorch loop (rift_jax.torch_reference_algos.official_mrc); ours after "
+      "PyTorch loop (launch.torch_reference_algos.official_mrc); ours after "
       "compilation (with compile: mrc_with_compile_*); means over mrc_modules")
   out["peak_rss_mb_mrc"] = _rss_mb()
   save(out)
@@ -704,7 +707,8 @@ def autoattack_phase(out: dict, *, num_images: int = 500, batch: int = 250,
   import numpy as np
   import torch
   import torchattacks
-  from rift_jax import autoattack, data
+  from rift_jax import data
+  from rift_jax.evaluation import autoattack
 
   eps = FMNIST_EPSILON
   unroll = _parse_unroll(unroll)
@@ -803,7 +807,7 @@ def autoattack_phase(out: dict, *, num_images: int = 500, batch: int = 250,
   out["autoattack_setting"] = (
       f"standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square on the survivors), "
       f"{num_images} Fashion-MNIST test images, L-inf eps {eps}, batch {batch}: "
-      "rift_jax.autoattack.run_suite after compilation (with compile: "
+      "rift_jax.evaluation.autoattack.run_suite after compilation (with compile: "
       "*_first_run_*) vs torchattacks.AutoAttack with the same budgets")
   out["peak_rss_mb_autoattack"] = _rss_mb()
   save(out)

@@ -10,7 +10,7 @@
 model; `model.input_normalization` says how it expects its inputs), a
 launch/train workdir (its `checkpoints/best`) or a variables folder.
 Writes `eval_results.json`, `eval_records.npz` (per-example correctness) and
-`eval_report.md` into --workdir (rift_jax/suite.py).
+`eval_report.md` into --workdir (rift_jax/evaluation/suite.py).
 """
 import os
 
@@ -27,8 +27,10 @@ FLAGS = common.FLAGS
 
 
 def main():
-  from rift_jax import (checkpoint, config as config_lib, data, models, records,
-                        suite, validation, workdir)
+  from rift_jax import data, models, workdir
+  from rift_jax.evaluation import records, suite
+  from rift_jax.experiments import validation
+  from rift_jax.models import checkpoint
   from rift_jax.errors import UserError
   common.maybe_initialize_distributed()
   config = FLAGS.config
@@ -40,9 +42,9 @@ def main():
   # Created (and probed for writing) before any work: results are never lost.
   out = workdir.prepare(common.workdir_flag("the results"))
   dataset = data.load(config.data)
-  model = config_lib.build_model(config, dataset.info)
+  model = models.build_model(config, dataset.info)
   variables, source = checkpoint.load_model_variables(
-      path, model, dataset.info, config_lib.model_meta(config, dataset.info))
+      path, model, dataset.info, models.model_meta(config, dataset.info))
   ev = config.evaluate
   split = getattr(dataset, ev.split)
   if int(ev.num_examples):

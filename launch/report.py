@@ -4,7 +4,7 @@
 
 Each workdir is a RiFT run (`launch/rift.py`: base vs base+RiFT with paired
 intervals) or a training run (`launch/train.py`, plus `launch/evaluate.py`'s
-AutoAttack number when there); see `rift_jax.report.collect`. Every row gets
+AutoAttack number when there); see `rift_jax.evaluation.report.collect`. Every row gets
 NRR = 2·Nat·Rob/(Nat + Rob), the CURE paper's trade-off score.
 """
 from absl import flags
@@ -17,7 +17,8 @@ FLAGS = common.FLAGS
 
 
 def main():
-  from rift_jax import report, workdir
+  from rift_jax import workdir
+  from rift_jax.evaluation import report
   from rift_jax.errors import UserError
   if not FLAGS.workdirs:
     raise UserError("--workdirs is required (comma-separated, globs allowed)")

@@ -5,7 +5,7 @@
       --workdir=runs/c10 --config.rift.at_checkpoint=runs/c10_at
 
 Writes results.json, records.npz, report.md, mrc.png and interpolation.png
-into --workdir; a re-run skips every finished stage (rift_jax/pipeline.py).
+into --workdir; a re-run skips every finished stage (rift_jax/experiments/pipeline.py).
 Every config value is checked before any work.
 """
 from launch import common
@@ -15,7 +15,8 @@ FLAGS = common.FLAGS
 
 
 def main():
-  from rift_jax import pipeline, report, validation
+  from rift_jax.evaluation import report
+  from rift_jax.experiments import pipeline, validation
   common.maybe_initialize_distributed()
   validation.validate_rift(FLAGS.config)
   workdir = common.workdir_flag("all stage outputs")

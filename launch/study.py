@@ -3,7 +3,7 @@
   python -m launch.study --config=configs/study.py --workdir=runs/study --seeds=0,1,2
 
 Runs `launch.rift`'s pipeline for every seed into <workdir>/seed_<k>/, then the
-investigation variants of `config.study` (rift_jax/study.py), copies each
+investigation variants of `config.study` (rift_jax/experiments/study.py), copies each
 finished seed into `config.study.results_dir`, and writes study.json,
 study.md and study.png there. Resumable after a kill at any point: run the
 same command again. `--aggregate_only` rebuilds the tables from the
@@ -20,7 +20,7 @@ FLAGS = common.FLAGS
 
 
 def main():
-  from rift_jax import study
+  from rift_jax.experiments import study
   from rift_jax.errors import UserError
   common.maybe_initialize_distributed()
   try:

@@ -13,7 +13,7 @@ model handle (`ModelFns`):
     res = interpolate(fns, variables, ft.variables, dataset.val, attack_fn, rng)
     theta_star = res.theta_star                             # step 3
 
-The names are loaded on first use, so `import rift_jax.stats` (pure numpy)
+The names are loaded on first use, so `import rift_jax.evaluation.stats` (pure numpy)
 does not import JAX.
 
 Importing the package sets one XLA:CPU default (before JAX creates its CPU
@@ -62,23 +62,23 @@ _set_xla_cpu_defaults()
 
 # Public API: name -> (module, attribute), imported on first access.
 _API = {
-    "mrc": ("rift_jax.criticality", "mrc"),
-    "fixed_adversarial_set": ("rift_jax.criticality", "fixed_adversarial_set"),
-    "least_critical": ("rift_jax.criticality", "least_critical"),
-    "most_critical": ("rift_jax.criticality", "most_critical"),
-    "MRCResult": ("rift_jax.criticality", "MRCResult"),
-    "finetune": ("rift_jax.finetuning", "finetune"),
-    "interpolate": ("rift_jax.interpolation", "interpolate"),
+    "mrc": ("rift_jax.rift.criticality", "mrc"),
+    "fixed_adversarial_set": ("rift_jax.rift.criticality", "fixed_adversarial_set"),
+    "least_critical": ("rift_jax.rift.criticality", "least_critical"),
+    "most_critical": ("rift_jax.rift.criticality", "most_critical"),
+    "MRCResult": ("rift_jax.rift.criticality", "MRCResult"),
+    "finetune": ("rift_jax.rift.finetuning", "finetune"),
+    "interpolate": ("rift_jax.rift.interpolation", "interpolate"),
     "ModelFns": ("rift_jax.models", "ModelFns"),
     "create_model": ("rift_jax.models", "create_model"),
     "init_variables": ("rift_jax.models", "init_variables"),
     "perturbable_modules": ("rift_jax.models", "perturbable_modules"),
     "PGDConfig": ("rift_jax.attacks", "PGDConfig"),
     "pgd": ("rift_jax.attacks", "pgd"),
-    "pgd_attack_fn": ("rift_jax.evaluate", "pgd_attack_fn"),
-    "Evaluator": ("rift_jax.evaluate", "Evaluator"),
-    "paired_bootstrap": ("rift_jax.stats", "paired_bootstrap"),
-    "mcnemar": ("rift_jax.stats", "mcnemar"),
+    "pgd_attack_fn": ("rift_jax.evaluation", "pgd_attack_fn"),
+    "Evaluator": ("rift_jax.evaluation", "Evaluator"),
+    "paired_bootstrap": ("rift_jax.evaluation.stats", "paired_bootstrap"),
+    "mcnemar": ("rift_jax.evaluation.stats", "mcnemar"),
 }
 __all__ = sorted(_API)
 

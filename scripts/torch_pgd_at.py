@@ -2,7 +2,7 @@
 
   python scripts/torch_pgd_at.py --out runs/torch_model/model.pth
 
-Trains `rift_jax.torch_models.ResNet18` (the RiFT / kuangliu CIFAR ResNet-18
+Trains `rift_jax.models.torch_models.ResNet18` (the RiFT / kuangliu CIFAR ResNet-18
 layout, width 8, one input channel, normalisation inside with Fashion-MNIST's
 mean/std) with L∞ PGD-5 adversarial training (ε = 0.1, step 0.03, random
 start, BN in train mode while crafting) on the first --train images of the
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rift_jax.torch_models import ResNet18
+from rift_jax.models.torch_models import ResNet18
 
 MEAN, STD = (0.2860,), (0.3530,)
 

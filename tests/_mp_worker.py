@@ -55,15 +55,16 @@ def tiny_config(**overrides):
 def _setup(config, mesh):
   """Model, state (replicated on `mesh`) and a jitted PGD-AT step."""
   import jax
-  from rift_jax import config as config_lib, data, methods, models, sharding, train
+  from rift_jax import data, models, sharding, training
+  from rift_jax.training import methods
   info = data.INFO[config.data.name]
-  model = config_lib.build_model(config, info)
+  model = models.build_model(config, info)
   fns = models.ModelFns(model)
   ctx = methods.context(config, fns)
-  tx = train.make_optimizer(config.optim, 10)
+  tx = training.make_optimizer(config.optim, 10)
   variables = models.init_variables(model, jax.random.PRNGKey(0), info.image_shape)
-  state = train.create_state(variables, tx, jax.random.PRNGKey(1))
-  step = train.make_train_step(ctx, tx, methods.get(config.method), info)
+  state = training.create_state(variables, tx, jax.random.PRNGKey(1))
+  step = training.make_train_step(ctx, tx, methods.get(config.method), info)
   return fns, sharding.replicate(state, mesh), step
 
 
@@ -85,7 +86,7 @@ def devices_check(out_path: str) -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from rift_jax import attacks, evaluate, sharding
+  from rift_jax import attacks, evaluation, sharding
   assert jax.device_count() == 2, jax.devices()
   config = tiny_config()
   x, y = _global_batch()
@@ -121,7 +122,7 @@ def devices_check(out_path: str) -> None:
     # Evaluator: 40 images in batches of 16 (the last one padded).
     from rift_jax import data
     val = data.synthetic_splits(num_train=40, num_test=8, seed=5)["train"]
-    ev = evaluate.Evaluator(fns, evaluate.pgd_attack_fn(
+    ev = evaluation.Evaluator(fns, evaluation.pgd_attack_fn(
         attacks.PGDConfig(epsilon=0.1, step_size=0.05, num_steps=2)), 16, mesh)
     accs = ev(state.variables, val, jax.random.PRNGKey(4))
     results[n] = dict(params=jax.device_get(state.params),
@@ -137,10 +138,10 @@ def devices_check(out_path: str) -> None:
   report["mrc"] = _max_diff(a["mrc"], b["mrc"])
   report["eval"] = _max_diff(a["eval"], b["eval"])
   report["seen"] = seen
-  from rift_jax import train
+  from rift_jax import training
   from rift_jax.errors import UserError
   try:
-    train.train_and_evaluate(tiny_config(**{"optim.batch_size": 7}),
+    training.train_and_evaluate(tiny_config(**{"optim.batch_size": 7}),
                              os.path.join(os.path.dirname(out_path), "bad"))
     report["indivisible_error"] = None
   except UserError as e:
@@ -151,7 +152,7 @@ def devices_check(out_path: str) -> None:
 
 def _mrc(fns, variables, x_adv, y, mesh):
   """MRC of two modules (projected weight-gradient ascent on a fixed set)."""
-  from rift_jax import criticality
+  from rift_jax.rift import criticality
   out = criticality.mrc(
       fns, variables, x_adv, y, modules=["conv2", "linear"], num_passes=2, batch_size=GLOBAL_BATCH,
       mesh=mesh)
@@ -172,11 +173,11 @@ def process_check(out_dir: str) -> None:
   import jax
   import numpy as np
   from launch import common
-  from rift_jax import sharding, train
+  from rift_jax import sharding, training
   common.maybe_initialize_distributed()
   rows = sharding.process_rows(sharding.make_mesh(), GLOBAL_BATCH)
   config = tiny_config(**{"data.train_size": 2 * GLOBAL_BATCH})
-  result = train.train_and_evaluate(config, os.path.join(out_dir, "workdir"))
+  result = training.train_and_evaluate(config, os.path.join(out_dir, "workdir"))
   mesh = sharding.make_mesh()
   gathered = sharding.to_host(sharding.shard_batch(
       mesh, np.arange(GLOBAL_BATCH, dtype=np.int32)[rows]))

@@ -51,7 +51,7 @@ FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 def robust_pair():
   """The committed robust fixture (a ResNet-18, width 4, PGD-AT on
   Fashion-MNIST at ε = 0.1 with this project's launch/train, exported by
-  rift_jax.convert; tests/fixtures/README.md) as our model and as a PyTorch
+  rift_jax.models.convert; tests/fixtures/README.md) as our model and as a PyTorch
   model, with the first 200 Fashion-MNIST test images — what the
   torchattacks cross-checks compare on. Fields: torch, ta (torchattacks), tm
   (the PyTorch model, eval mode), fns, variables, split (uint8), x (float
@@ -66,7 +66,7 @@ def robust_pair():
   if not os.path.exists(images_path):
     pytest.skip(f"Fashion-MNIST not found at {images_path} (apt-get install "
                 "dataset-fashion-mnist)")
-  from rift_jax import convert, torch_models
+  from rift_jax.models import convert, torch_models
   info = data.INFO["fashion_mnist"]
   model = models.create_model("resnet18", num_classes=10, width=4,
                               mean=info.mean, std=info.std)

@@ -1,7 +1,7 @@
-"""A whole AFT run (`train.train_and_evaluate`, method 'aft'): it starts from
+"""A whole AFT run (`training.train_and_evaluate`, method 'aft'): it starts from
 the natural run named by `init_from` (its best checkpoint), and trains and
 records the 'slow_start_fast_decay' learning rate, checked against the
-closed form of rift_jax/schedules.py:
+closed form of rift_jax/training/schedules.py:
 
   W = warmup_epochs·spe, T = epochs·spe, s = start_lr_factor, e = 0:
   lr(t) = lr·(s + (1 − s)·t/W)              t < W
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from configs import common
-from rift_jax import config as config_lib, data, models, schedules, train
+from rift_jax import data, models, training
+from rift_jax.training import schedules
 
 SPE = 4          # 128 training images / batch 32
 
@@ -42,10 +43,10 @@ def _config(method, init_from="", **optim):
 def test_aft_starts_from_the_natural_run_with_slow_start_fast_decay(
     tmp_path, monkeypatch):
   nat_dir = str(tmp_path / "natural")
-  natural = train.train_and_evaluate(_config("natural"), nat_dir)
+  natural = training.train_and_evaluate(_config("natural"), nat_dir)
 
   seen = {}
-  real_create, real_opt = train.create_state, train.make_optimizer
+  real_create, real_opt = training.create_state, training.make_optimizer
 
   def create_state(variables, tx, rng, extra=None):
     seen["init"] = jax.device_get(variables)
@@ -55,13 +56,13 @@ def test_aft_starts_from_the_natural_run_with_slow_start_fast_decay(
     seen["optim"] = (optim, steps_per_epoch)
     return real_opt(optim, steps_per_epoch, mask, prefix)
 
-  monkeypatch.setattr(train, "create_state", create_state)
-  monkeypatch.setattr(train, "make_optimizer", make_optimizer)
+  monkeypatch.setattr(training, "create_state", create_state)
+  monkeypatch.setattr(training, "make_optimizer", make_optimizer)
   cfg = _config("aft", epochs=3, schedule="slow_start_fast_decay",
                 warmup_epochs=1.5, start_lr_factor=0.1, decay_shape="linear",
                 end_lr_factor=0.0, init_from=nat_dir)
   aft_dir = str(tmp_path / "aft")
-  train.train_and_evaluate(cfg, aft_dir)
+  training.train_and_evaluate(cfg, aft_dir)
 
   # The initial variables are the natural run's best checkpoint ...
   got = jax.tree_util.tree_leaves_with_path(seen["init"])
@@ -72,7 +73,7 @@ def test_aft_starts_from_the_natural_run_with_slow_start_fast_decay(
   # ... and not the random init the run would have used otherwise.
   info = data.INFO["synthetic"]
   k_init = jax.random.split(jax.random.PRNGKey(int(cfg.seed)), 3)[0]
-  fresh = models.init_variables(config_lib.build_model(cfg, info), k_init,
+  fresh = models.init_variables(models.build_model(cfg, info), k_init,
                                 info.image_shape)
   assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
       jax.tree_util.tree_leaves(fresh["params"]),

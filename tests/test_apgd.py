@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rift_jax import attacks, autoattack
+from rift_jax import attacks
+from rift_jax.attacks import apgd
+from rift_jax.evaluation import autoattack
 from rift_jax.errors import UserError
 from tests.conftest import torch_robust_accuracy
 
@@ -30,15 +32,15 @@ def test_dlr_hand_values_and_invariance():
 def test_checkpoint_schedule_matches_paper():
   # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06):
   # 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 -> ⌈p_j · 100⌉.
-  assert autoattack.checkpoint_schedule(100) == (22, 41, 57, 70, 80, 87, 93, 99)
+  assert apgd.checkpoint_schedule(100) == (22, 41, 57, 70, 80, 87, 93, 99)
   # Few steps: integer intervals as the authors' code (2, then every step).
-  assert autoattack.checkpoint_schedule(10) == (2, 3, 4, 5, 6, 7, 8, 9, 10)
-  assert autoattack.checkpoint_schedule(50) == (11, 21, 30, 38, 45)
-  assert autoattack.checkpoint_schedule(1) == (1,)
+  assert apgd.checkpoint_schedule(10) == (2, 3, 4, 5, 6, 7, 8, 9, 10)
+  assert apgd.checkpoint_schedule(50) == (11, 21, 30, 38, 45)
+  assert apgd.checkpoint_schedule(1) == (1,)
 
 
 def test_halving_rule():
-  f = lambda n, red, last, best: bool(autoattack.halve_step(
+  f = lambda n, red, last, best: bool(apgd.halve_step(
       jnp.array([n]), 22, 0.75, jnp.array([red]), jnp.array([last]),
       jnp.array([best]))[0])
   # Condition 1: loss rose in ≤ 0.75·22 = 16.5 of 22 steps -> halve.
@@ -75,10 +77,10 @@ def test_apgd_t_finds_exact_linear_optimum(norm, eps):
     best = np.where(j == y, best, np.maximum(best, m))
   clear = np.abs(best) > 1e-3   # skip examples exactly on the boundary
   assert 0.2 < np.mean(best > 0) < 0.8
-  cfg = autoattack.APGDConfig(epsilon=eps, num_steps=30, norm=norm,
+  cfg = apgd.APGDConfig(epsilon=eps, num_steps=30, norm=norm,
                               loss="dlr_targeted", num_target_classes=4,
                               unroll=False)
-  x_adv = jax.jit(lambda x, y, k: autoattack.apgd(logits_fn, x, y, k, cfg))(
+  x_adv = jax.jit(lambda x, y, k: apgd.apgd(logits_fn, x, y, k, cfg))(
       x, y, jax.random.PRNGKey(0))
   fooled = np.argmax(logits_fn(x_adv), -1) != y
   np.testing.assert_array_equal(fooled[clear], (best > 0)[clear])
@@ -95,8 +97,8 @@ def test_apgd_ce_at_least_as_strong_as_pgd_on_linear_model():
   pgd = attacks.PGDConfig(epsilon=eps, step_size=eps / 4, num_steps=10,
                           unroll=False)
   x_pgd = attacks.pgd(logits_fn, x, y, jax.random.PRNGKey(0), pgd)
-  cfg = autoattack.APGDConfig(epsilon=eps, num_steps=20, unroll=False)
-  x_apgd, fooled = jax.jit(lambda x, y, k: autoattack.apgd_run(
+  cfg = apgd.APGDConfig(epsilon=eps, num_steps=20, unroll=False)
+  x_apgd, fooled = jax.jit(lambda x, y, k: apgd.apgd_run(
       logits_fn, x, y, k, cfg))(x, y, jax.random.PRNGKey(0))
   rob = lambda xa: np.mean(np.argmax(logits_fn(xa), -1) == y)
   assert rob(x_apgd) <= rob(x_pgd)
@@ -106,16 +108,16 @@ def test_apgd_ce_at_least_as_strong_as_pgd_on_linear_model():
 
 def test_config_and_class_checks():
   with pytest.raises(UserError, match="epsilon=1.5"):
-    autoattack.APGDConfig(epsilon=1.5).validate()
+    apgd.APGDConfig(epsilon=1.5).validate()
   with pytest.raises(UserError, match="loss='cw'"):
-    autoattack.APGDConfig(loss="cw").validate()
+    apgd.APGDConfig(loss="cw").validate()
   with pytest.raises(UserError, match="at least 4 classes"):
-    autoattack.Attack("t", autoattack.APGDConfig(loss="dlr_targeted")).runs(3)
+    autoattack.Attack("t", apgd.APGDConfig(loss="dlr_targeted")).runs(3)
   # Targets are the classes ranked 2nd, 3rd, ... by the clean logits.
   z = jnp.array([[0.1, 0.9, 0.5, 0.3]])
   assert int(attacks.target_classes(z, 2)[0]) == 2
   assert int(attacks.target_classes(z, 4)[0]) == 0
-  runs = autoattack.Attack("t", autoattack.APGDConfig(
+  runs = autoattack.Attack("t", apgd.APGDConfig(
       loss="dlr_targeted", num_target_classes=9, restarts=2)).runs(4)
   assert runs == [(0, 2), (1, 2), (2, 3), (3, 3), (4, 4), (5, 4)]
 
@@ -131,13 +133,13 @@ def test_apgd_in_pieces_equals_one_program(synthetic, tiny_cnn):
   logits_fn = lambda z: fns.logits(variables, z, train=False)
   x = jnp.asarray(synthetic.test.images[:64], jnp.float32) / 255
   y = jnp.asarray(synthetic.test.labels[:64])
-  cfg = autoattack.APGDConfig(epsilon=0.1, num_steps=10, unroll=False)
-  assert set(autoattack.checkpoint_schedule(10)) >= {4, 8}
+  cfg = apgd.APGDConfig(epsilon=0.1, num_steps=10, unroll=False)
+  assert set(apgd.checkpoint_schedule(10)) >= {4, 8}
   key = jax.random.PRNGKey(3)
-  whole = jax.jit(lambda: autoattack.apgd_steps(
-      logits_fn, x, y, autoattack.apgd_init(logits_fn, x, y, key, cfg), cfg))()
-  state = start = jax.jit(lambda: autoattack.apgd_init(logits_fn, x, y, key, cfg))()
-  step = jax.jit(lambda s, first, count: autoattack.apgd_steps(
+  whole = jax.jit(lambda: apgd.apgd_steps(
+      logits_fn, x, y, apgd.apgd_init(logits_fn, x, y, key, cfg), cfg))()
+  state = start = jax.jit(lambda: apgd.apgd_init(logits_fn, x, y, key, cfg))()
+  step = jax.jit(lambda s, first, count: apgd.apgd_steps(
       logits_fn, x, y, s, cfg, start=first, count=count), static_argnums=2)
   for first, count in ((0, 4), (4, 4), (8, 2)):
     state = step(state, jnp.int32(first), count)
@@ -148,7 +150,7 @@ def test_apgd_in_pieces_equals_one_program(synthetic, tiny_cnn):
   assert float(np.min(whole["step"])) < float(np.max(start["step"]))
 
   def suite(per_call):
-    attack = autoattack.Attack("apgd_t", autoattack.APGDConfig(
+    attack = autoattack.Attack("apgd_t", apgd.APGDConfig(
         epsilon=0.1, num_steps=10, loss="dlr_targeted", num_target_classes=3,
         unroll=False, steps_per_call=per_call))
     return autoattack.run_suite(fns, variables, synthetic.test, [attack], 64,
@@ -158,7 +160,7 @@ def test_apgd_in_pieces_equals_one_program(synthetic, tiny_cnn):
                                 pieces["per_example"]["apgd_t"])
   assert one["robust"]["apgd_t"] <= one["clean"]
   with pytest.raises(UserError, match="steps_per_call=-1"):
-    autoattack.APGDConfig(steps_per_call=-1).validate()
+    apgd.APGDConfig(steps_per_call=-1).validate()
 
 
 # ----------------------------------------------- cross-check vs torchattacks
@@ -193,7 +195,7 @@ def test_against_torchattacks_on_a_robust_model(robust_pair):
   assert 10 < ours_pgd < ours_clean - 5  # robust, and the attack matters
   assert abs(ours_pgd - theirs_pgd) <= 1.0
   # APGD-CE and APGD-T (10 steps; APGD-T over 3 target classes).
-  ce = autoattack.APGDConfig(epsilon=EPS, num_steps=10, loss="ce", unroll=False)
+  ce = apgd.APGDConfig(epsilon=EPS, num_steps=10, loss="ce", unroll=False)
   ours_ce = _ours(fns, variables, split, autoattack.Attack("ce", ce))
   theirs_ce = torch_robust_accuracy(r, ta.APGD(tm, eps=EPS, steps=10,
                                               loss="ce", seed=0))

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rift_jax import autoattack, data, fab, models, square
+from rift_jax import data, models
+from rift_jax.attacks import apgd, fab, square
+from rift_jax.evaluation import autoattack
 from rift_jax.errors import UserError
 from tests.conftest import torch_robust_accuracy
 
@@ -50,9 +52,9 @@ def test_suite_agrees_with_torchattacks_autoattack(robust_pair):
   r = robust_pair
   eps = 0.1
   ours_suite = [
-      autoattack.Attack("apgd_ce", autoattack.APGDConfig(
+      autoattack.Attack("apgd_ce", apgd.APGDConfig(
           epsilon=eps, num_steps=10, loss="ce", unroll=False)),
-      autoattack.Attack("apgd_t", autoattack.APGDConfig(
+      autoattack.Attack("apgd_t", apgd.APGDConfig(
           epsilon=eps, num_steps=10, loss="dlr_targeted", num_target_classes=3,
           unroll=False)),
       autoattack.Attack("fab_t", fab.FABConfig(
@@ -100,7 +102,7 @@ def test_square_exposes_gradient_masking():
   w, *_ = np.linalg.lstsq(np.c_[q, np.ones(64)], target, rcond=None)
   v = {"params": {"linear": {"kernel": jnp.asarray(w[:-1], jnp.float32),
                              "bias": jnp.asarray(w[-1], jnp.float32)}}}
-  suite = [autoattack.Attack("apgd_ce", autoattack.APGDConfig(
+  suite = [autoattack.Attack("apgd_ce", apgd.APGDConfig(
                epsilon=0.3, num_steps=5, unroll=False)),
            autoattack.Attack("square", square.SquareConfig(
                epsilon=0.3, num_queries=300))]

@@ -3,7 +3,7 @@ import pytest
 
 from configs import (evaluate, methods_paper, paper, quickstart,
                      quickstart_methods, study)
-from rift_jax import validation
+from rift_jax.experiments import validation
 
 
 @pytest.mark.parametrize("variant", [f"{d},{m}" for d in paper.DATASETS

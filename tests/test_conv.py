@@ -1,4 +1,4 @@
-"""rift_jax.conv: the phase / few-channel input gradients equal XLA's own."""
+"""rift_jax.models.conv: the phase / few-channel input gradients equal XLA's own."""
 import itertools
 import os
 import subprocess
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import rift_jax
-from rift_jax import conv, models
+from rift_jax import models
+from rift_jax.models import conv
 
 CASES = [  # kernel, stride, padding, height, width, c_in
     (k, s, p, h, w, c)

@@ -8,13 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from rift_jax import convert, models
+from rift_jax import models
+from rift_jax.models import convert
 from rift_jax.errors import UserError
 
 torch = pytest.importorskip(
     "torch", reason="torch is not installed (pip install .[torch]); the "
     "PyTorch cross-checks need it")
-from rift_jax import torch_models  # noqa: E402
+from rift_jax.models import torch_models  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 # (our name, width, input shape); small widths, the real depths where cheap.

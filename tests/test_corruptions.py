@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from rift_jax import corruptions, data
+from rift_jax import data
+from rift_jax.data import corruptions
 from rift_jax.errors import UserError
 
 

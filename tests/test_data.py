@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from rift_jax import data
+from rift_jax.data import datasets
 from rift_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +92,7 @@ def test_real_fashion_mnist_keeps_the_idx_file_order():
   # Built once per checkout under .pytest_cache (the first run takes ~1 min
   # more). TFDS's shuffled 1.0.0 build kept 1 of the first 1,000 test images
   # in its IDX position.
-  raw = data._load_fashion_mnist_debian(
+  raw = datasets._load_fashion_mnist_debian(
       FMNIST, os.path.join(REPO, ".pytest_cache", "tfds"))
   for split, prefix in (("test", "t10k"), ("train", "train")):
     images = data.read_idx(os.path.join(FMNIST, f"{prefix}-images-idx3-ubyte.gz"))
@@ -118,7 +119,7 @@ def _fake_tfds_cifar10(data_dir, sizes):
     return tf.data.Dataset.from_tensor_slices({
         "id": [f"{name}_{i:05d}".encode() for i in idx], "image": images,
         "label": (idx * 7 % 10).astype(np.int64)})
-  with data._quiet_tfds_build():
+  with datasets._quiet_tfds_build():
     tfds.dataset_builders.store_as_tfds_dataset(
         name="cifar10", version=str(tfds.builder("cifar10").version),
         features=features, split_datasets={k: split(k, n) for k, n in sizes.items()},

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rift_jax import data, evaluate, models
+from rift_jax import data, evaluation, models
 
 
 class _MeanPixel(nn.Module):
@@ -43,14 +43,14 @@ SPLIT = data.Split(np.array([0.8, 0.2, 0.8], np.float32)[:, None, None, None]
 
 def test_a_repaired_clean_mistake_is_not_robust():
   fns = models.ModelFns(_MeanPixel())
-  ev = evaluate.Evaluator(fns, _fixed_point_attack, batch_size=4)
+  ev = evaluation.Evaluator(fns, _fixed_point_attack, batch_size=4)
   out = ev(_variables(+1), SPLIT, jax.random.PRNGKey(0))
   np.testing.assert_array_equal(out["per_example"]["clean"], [False, True, True])
   # The attacked point is classified correctly for A and B; only B counts.
   np.testing.assert_array_equal(out["per_example"]["adv"], [False, True, False])
   assert (out["clean"], out["adv"]) == pytest.approx((200 / 3, 100 / 3))
   # No attack: 'adv' is 'clean'.
-  plain = evaluate.Evaluator(fns, None, batch_size=4)(_variables(+1), SPLIT,
+  plain = evaluation.Evaluator(fns, None, batch_size=4)(_variables(+1), SPLIT,
                                                      jax.random.PRNGKey(0))
   np.testing.assert_array_equal(plain["per_example"]["adv"], [False, True, True])
 
@@ -63,7 +63,7 @@ def test_the_rule_holds_for_stacked_models():
   fns = models.ModelFns(_MeanPixel())
   stack = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]),
                                  _variables(+1), _variables(-1))
-  ev = evaluate.Evaluator(fns, _fixed_point_attack, batch_size=4, stacked=True)
+  ev = evaluation.Evaluator(fns, _fixed_point_attack, batch_size=4, stacked=True)
   ok = ev.per_example(stack, SPLIT, jax.random.PRNGKey(0))
   np.testing.assert_array_equal(ok["clean"], [[False, True, True],
                                               [True, False, False]])

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rift_jax import attacks, fab
+from rift_jax import attacks
+from rift_jax.attacks import fab
 from rift_jax.errors import UserError
 
 
@@ -251,7 +252,8 @@ def test_pieces_on_the_host_equal_one_loop(synthetic, tiny_cnn):
   pieces, the last one shorter) finds what one loop over all 10 steps
   finds: the same search state, the same per-example results, restarts
   with random starts included."""
-  from rift_jax import autoattack, models
+  from rift_jax import models
+  from rift_jax.evaluation import autoattack
   model, variables = tiny_cnn
   fns = models.ModelFns(model)
   logits_fn = lambda z: fns.logits(variables, z, train=False)
@@ -368,7 +370,8 @@ def test_fab_t_against_torchattacks_on_a_robust_model(robust_pair):
 SHARDED = r"""
 import json
 import jax, numpy as np
-from rift_jax import fab, sharding
+from rift_jax import sharding
+from rift_jax.attacks import fab
 assert jax.device_count() == 2
 rng = np.random.default_rng(0)
 w = rng.normal(size=(12, 5)).astype(np.float32) * 10

@@ -1,5 +1,5 @@
 """launch/evaluate.py end to end (two CLI runs): a PyTorch .safetensors
-checkpoint written by rift_jax.convert, the quickstart config (Fashion-MNIST,
+checkpoint written by rift_jax.models.convert, the quickstart config (Fashion-MNIST,
 ResNet-18 width 4) through configs/evaluate.py:quickstart, a suite with
 spaces in it, PGD and APGD-CE, generated OOD; the outputs agree with each
 other and with the model evaluated here; a bad suite entry is one line and
@@ -31,12 +31,13 @@ def checkpoint(tmp_path_factory):
   if not os.path.exists(os.path.join(FMNIST_DIR, "t10k-images-idx3-ubyte.gz")):
     pytest.skip(f"Fashion-MNIST not found in {FMNIST_DIR}")
   from configs import evaluate as evaluate_config
-  from rift_jax import config as config_lib, convert, data
+  from rift_jax import data, models
+  from rift_jax.models import convert
   config = evaluate_config.get_config("quickstart")
   config.unlock()
   config.model.width = 4
   info = data.INFO["fashion_mnist"]
-  model = config_lib.build_model(config, info)
+  model = models.build_model(config, info)
   variables = convert.import_checkpoint(FIXTURE, model, info.image_shape)
   bias = np.array(variables["params"]["linear"]["bias"])
   bias[0] += 0.1
@@ -69,7 +70,8 @@ def test_launch_evaluate_end_to_end(checkpoint, tmp_path):
   for f in ("eval_results.json", "eval_records.npz", "eval_report.md"):
     assert (out / f).exists(), f
   res = json.loads((out / "eval_results.json").read_text())
-  from rift_jax import data, records
+  from rift_jax import data
+  from rift_jax.evaluation import records
   rec = records.load(str(out / "eval_records.npz"))
   assert res["n"] == 64 and res["split"] == "test" and res["checkpoint"] == path
   assert set(res["attacks"]) == {"pgd", "apgd_ce"}

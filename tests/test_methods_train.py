@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from configs import common
-from rift_jax import (config as config_lib, data, methods, models, objectives,
-                      train)
+from rift_jax import data, models, training
+from rift_jax.training import methods, objectives
 from rift_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,7 @@ def tiny_data():
 @pytest.fixture(scope="module")
 def init_vars():
   """small_cnn width 4 variables, initialised once (a fresh copy per use)."""
-  model = config_lib.build_model(tiny_config("natural"), INFO)
+  model = models.build_model(tiny_config("natural"), INFO)
   v = models.init_variables(model, jax.random.PRNGKey(0), INFO.image_shape)
   return lambda: jax.tree_util.tree_map(jnp.array, v)
 
@@ -60,16 +60,16 @@ def init_vars():
 def test_short_run_lowers_the_methods_loss(method, hp, bn_mode, tiny_data,
                                            init_vars):
   config = tiny_config(method, bn_mode=bn_mode, **hp)
-  model = config_lib.build_model(config, INFO)
+  model = models.build_model(config, INFO)
   fns = models.ModelFns(model)
   ctx = methods.context(config, fns)
   m = methods.get(method)
-  tx = train.make_optimizer(config.optim, 20)
+  tx = training.make_optimizer(config.optim, 20)
   variables = init_vars()
   extra = m.init_extra(variables) if m.init_extra else None
   start = [np.array(a) for a in jax.tree_util.tree_leaves(variables["params"])]
-  state = train.create_state(variables, tx, jax.random.PRNGKey(1), extra)
-  step = train.make_train_step(ctx, tx, m, INFO, augment=False,
+  state = training.create_state(variables, tx, jax.random.PRNGKey(1), extra)
+  step = training.make_train_step(ctx, tx, m, INFO, augment=False,
                                steps_per_epoch=4)
   x = data.to_float(tiny_data.train.images[:64])
   y = jnp.asarray(tiny_data.train.labels[:64])
@@ -101,36 +101,36 @@ def test_short_run_lowers_the_methods_loss(method, hp, bn_mode, tiny_data,
 
 
 def test_init_from_and_revision_checkpoint(tiny_data, init_vars, tmp_path):
-  from rift_jax import checkpoint
+  from rift_jax.models import checkpoint
   config = tiny_config("cure")
-  meta = {"model": config_lib.model_meta(config, INFO)}
+  meta = {"model": models.model_meta(config, INFO)}
   nat = init_vars()
   nat["params"]["linear"]["bias"] = nat["params"]["linear"]["bias"] + 1.5
   # init_from accepts a variables folder and a launch/train workdir (best).
   checkpoint.save_variables(str(tmp_path / "vars"), nat, meta)
   checkpoint.save_variables(str(tmp_path / "run" / "checkpoints" / "best"), nat,
                             meta)
-  from rift_jax import checkpoint as ckpt_lib
-  model = config_lib.build_model(config, INFO)
+  from rift_jax.models import checkpoint as ckpt_lib
+  model = models.build_model(config, INFO)
   for src in ("vars", "run"):
     got, _ = ckpt_lib.load_model_variables(str(tmp_path / src), model, INFO,
                                            meta["model"])
     np.testing.assert_array_equal(got["params"]["linear"]["bias"],
                                   nat["params"]["linear"]["bias"])
   # θ_rev lives in TrainState.extra and survives a checkpoint round trip.
-  tx = train.make_optimizer(config.optim, 6)
-  state = train.create_state(nat, tx, jax.random.PRNGKey(0),
+  tx = training.make_optimizer(config.optim, 6)
+  state = training.create_state(nat, tx, jax.random.PRNGKey(0),
                              methods.get("cure").init_extra(nat))
   ck = checkpoint.Checkpointer(str(tmp_path / "latest"))
   ck.save(1, state, meta)
-  target = train.create_state(init_vars(), tx, jax.random.PRNGKey(0),
+  target = training.create_state(init_vars(), tx, jax.random.PRNGKey(0),
                               methods.get("cure").init_extra(init_vars()))
   back, _ = ck.restore(target)
   ck.close()
   np.testing.assert_array_equal(back.extra["params"]["linear"]["bias"],
                                 nat["params"]["linear"]["bias"])
   # CURE and AFT refuse to start from random weights.
-  from rift_jax import validation
+  from rift_jax.experiments import validation
   for method in ("aft", "cure"):
     with pytest.raises(UserError, match="init_from"):
       validation.validate_train(tiny_config(method))
@@ -138,7 +138,7 @@ def test_init_from_and_revision_checkpoint(tiny_data, init_vars, tmp_path):
 
 def test_paper_configs_carry_the_authors_settings():
   from configs import methods_paper, quickstart_methods
-  from rift_jax import schedules
+  from rift_jax.training import schedules
   bn = {m: methods_paper.get_config(m).attack.bn_mode
         for m in methods_paper.METHODS}
   assert bn == {"natural": "train", "pgd_at": "train", "trades": "eval",
@@ -199,7 +199,7 @@ def test_cli_bad_input_exit_2(override, needle, tmp_path):
 
 def test_report_collects_rift_and_train_rows(tmp_path):
   import json
-  from rift_jax import report
+  from rift_jax.evaluation import report
   assert report.nrr(80.0, 40.0) == pytest.approx(2 * 80 * 40 / 120)
   rift = tmp_path / "rift_trades"
   rift.mkdir()

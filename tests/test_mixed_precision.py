@@ -22,8 +22,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rift_jax import (attacks, config as config_lib, conv, convert, data,
-                      models, objectives, train, validation)
+from rift_jax import attacks, data, models, training
+from rift_jax.experiments import validation
+from rift_jax.models import conv, convert
+from rift_jax.training import objectives
 from rift_jax.errors import UserError
 from tests.conftest import FIXTURE, FMNIST_DIR
 from tests.configs import tiny
@@ -67,11 +69,11 @@ def test_compute_dtype_setting():
   cfg = tiny.get_config()
   assert cfg.model.compute_dtype == "float32"
   info = data.INFO[cfg.data.name]
-  assert config_lib.build_model(cfg, info).dtype == F32
+  assert models.build_model(cfg, info).dtype == F32
   cfg.unlock()
   cfg.model.compute_dtype = "bfloat16"
   validation.validate_common(cfg)
-  assert config_lib.build_model(cfg, info).dtype == BF16
+  assert models.build_model(cfg, info).dtype == BF16
   cfg.model.compute_dtype = "float16"
   with pytest.raises(UserError, match="model.compute_dtype='float16'"):
     validation.validate_common(cfg)
@@ -224,16 +226,16 @@ def test_training_steps_close_to_float32(tiny_cnn, synthetic):
   optim = ml_collections.ConfigDict(dict(lr=0.05, momentum=0.9,
                                          weight_decay=5e-4, epochs=1,
                                          schedule="constant"))
-  tx = train.make_optimizer(optim, 10)
+  tx = training.make_optimizer(optim, 10)
   x = jnp.asarray(synthetic.train.images[:64] / 255.0, jnp.float32)
   y = jnp.asarray(synthetic.train.labels[:64])
   runs = {}
   for key, m in (("f32", model), ("bf16", model16)):
     ctx = objectives.Context(models.ModelFns(m),
                              attacks.PGDConfig(0.03, 0.01, 2, unroll=False))
-    step = train.make_train_step(ctx, tx, objectives.pgd_at, synthetic.info,
+    step = training.make_train_step(ctx, tx, objectives.pgd_at, synthetic.info,
                                  augment=False)
-    state = train.create_state(jax.tree_util.tree_map(jnp.copy, variables),
+    state = training.create_state(jax.tree_util.tree_map(jnp.copy, variables),
                                tx, jax.random.PRNGKey(0))
     losses = []
     for _ in range(4):

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rift_jax import criticality, models
+from rift_jax import models
+from rift_jax.rift import criticality
 
 W = np.array([[1.0, 0.8], [0.5, 0.6], [0.3, -0.4]], np.float32)  # ‖W‖² = 2.5
 B = np.array([0.0, -0.1], np.float32)

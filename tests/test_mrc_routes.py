@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from rift_jax import criticality, models
+from rift_jax import models
+from rift_jax.rift import criticality
 
 
 @pytest.fixture(scope="module", params=[("resnet18", 2), ("wrn10_1", 4)])
@@ -74,9 +75,9 @@ def _step_flops(route, v, inputs, name):
 
 
 def test_a_deep_module_skips_the_prefix_and_a_budget_of_zero_does_not(setup):
-  from rift_jax import evaluate, data
+  from rift_jax import data, evaluation
   fns, variables, x, y = setup
-  batches = evaluate.Batches(data.Split(x, y), 8, keep=True)
+  batches = evaluation.Batches(data.Split(x, y), 8, keep=True)
   deep = list(models.perturbable_modules(variables["params"]))[-2]
   flops = {}
   for mb in (2048.0, 0.0):
@@ -91,7 +92,7 @@ def test_a_deep_module_skips_the_prefix_and_a_budget_of_zero_does_not(setup):
 
 def test_a_root_that_reads_an_earlier_value_again_runs_the_whole_network():
   import flax.linen as nn
-  from rift_jax import evaluate, data
+  from rift_jax import data, evaluation
 
   class Skip(nn.Module):   # out = c(b(a(x)) + a(x)): cutting at b is wrong
     @nn.compact
@@ -106,6 +107,6 @@ def test_a_root_that_reads_an_earlier_value_again_runs_the_whole_network():
   x = rng.uniform(0, 1, (8, 2, 2, 1)).astype(np.float32)
   y = rng.integers(0, 3, 8).astype(np.int32)
   route = criticality._StaticRoute(fns, v["params"], 1.0, 0.1, False, 2048.0)
-  batches = evaluate.Batches(data.Split(x, y), 8, keep=True)
+  batches = evaluation.Batches(data.Split(x, y), 8, keep=True)
   assert route.prepare(v, ["c"], batches) is batches and route.cut is None
   assert route.prepare(v, ["b"], batches) is not batches and route.cut == "a"

@@ -22,7 +22,8 @@ import numpy as np
 import optax
 import pytest
 
-from rift_jax import attacks, cure, methods, models, objectives, schedules, train
+from rift_jax import attacks, models, training
+from rift_jax.training import cure, methods, objectives, schedules
 from rift_jax.errors import UserError
 
 S = 1 / (1 + math.exp(-2))          # 0.880797
@@ -171,9 +172,9 @@ def test_awp_step_updates_theta_with_gradient_at_theta_plus_v():
       objectives.awp, craft=lambda ctx, v, x, y, rng: (BATCH.x_adv,
                                                        v["batch_stats"]))
   tx = optax.sgd(lr)
-  state = train.create_state({"params": params_of(), "batch_stats": {}}, tx,
+  state = training.create_state({"params": params_of(), "batch_stats": {}}, tx,
                              jax.random.PRNGKey(0))
-  step = train.make_train_step(ctx, tx, fixed, None, augment=False)
+  step = training.make_train_step(ctx, tx, fixed, None, augment=False)
   new, _ = step(state, BATCH.x, BATCH.y)
   # θ + v: row 1 of W becomes (-a, 2 + a), a = γ·√7/√2; z'' = (-a, 2 + a).
   a = gamma * math.sqrt(7 / 2)
@@ -235,9 +236,9 @@ def run_fixed_adv(ctx, variables, method, steps):
   fixed = dataclasses.replace(
       method, craft=lambda ctx, v, x, y, rng: (BN_XADV, v["batch_stats"]))
   tx = optax.sgd(0.01)
-  state = train.create_state(jax.tree_util.tree_map(jnp.array, variables), tx,
+  state = training.create_state(jax.tree_util.tree_map(jnp.array, variables), tx,
                              jax.random.PRNGKey(1))
-  step = train.make_train_step(ctx, tx, fixed, None, augment=False)
+  step = training.make_train_step(ctx, tx, fixed, None, augment=False)
   for _ in range(steps):
     state, _ = step(state, BN_X, BN_Y)
   return state.batch_stats["bn"]

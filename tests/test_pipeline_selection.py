@@ -14,7 +14,8 @@ import os
 import ml_collections
 import pytest
 
-from rift_jax import data, pipeline, train, workdir as wd
+from rift_jax import data, training, workdir as wd
+from rift_jax.experiments import pipeline
 from rift_jax.errors import UserError
 from tests.configs import tiny
 
@@ -46,7 +47,7 @@ def _config(**overrides):
 def at_dir(tmp_path_factory):
   """θ_AT, trained once for this module."""
   path = str(tmp_path_factory.mktemp("theta_at"))
-  train.train_and_evaluate(_config(), path)
+  training.train_and_evaluate(_config(), path)
   return path
 
 

@@ -24,7 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rift_jax import attacks, autoattack, data, models, objectives
+from rift_jax import attacks, data, models
+from rift_jax.attacks import apgd
+from rift_jax.evaluation import autoattack
+from rift_jax.training import objectives
 
 A, C, EPS = 40.0, 0.45, 0.2
 
@@ -132,9 +135,9 @@ def test_apgd_restarts_in_graph():
   key = jax.random.PRNGKey(seed)
   fooled = {}
   for r in (1, 2):
-    cfg = autoattack.APGDConfig(epsilon=EPS, num_steps=5, restarts=r,
+    cfg = apgd.APGDConfig(epsilon=EPS, num_steps=5, restarts=r,
                                 unroll=False)
-    xa = jax.jit(lambda x, y, k: autoattack.apgd(_bowl_logits, x, y, k, cfg))(
+    xa = jax.jit(lambda x, y, k: apgd.apgd(_bowl_logits, x, y, k, cfg))(
         x, y, key)
     fooled[r] = np.asarray(jnp.argmax(_bowl_logits(xa), -1) != y)
   np.testing.assert_array_equal(fooled[1], [True, False])
@@ -160,7 +163,7 @@ def test_run_suite_apgd_restarts_break_a_survivor():
   v = {"params": {"a": jnp.asarray(A)}}
   out = {}
   for r in (1, 2):
-    cfg = autoattack.APGDConfig(epsilon=EPS, num_steps=5, restarts=r,
+    cfg = apgd.APGDConfig(epsilon=EPS, num_steps=5, restarts=r,
                                 unroll=False)
     out[r] = autoattack.run_suite(fns, v, split,
                                   [autoattack.Attack("apgd_ce", cfg)], 2,

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rift_jax import (criticality, evaluate, finetuning, interpolation, models,
-                      pipeline)
+from rift_jax import evaluation, models
+from rift_jax.experiments import pipeline
+from rift_jax.rift import criticality, finetuning, interpolation
 from rift_jax.errors import UserError
 from tests.configs import tiny
 
@@ -158,7 +159,7 @@ def test_interpolation_endpoints_and_vmap_agree(tiny_cnn, synthetic):
   theta_ft = jax.tree_util.tree_map(
       lambda a: a + 0.05 * jax.random.normal(jax.random.PRNGKey(3), a.shape), theta_at)
   from rift_jax import attacks
-  attack = evaluate.pgd_attack_fn(attacks.PGDConfig(0.03, 0.01, 2))
+  attack = evaluation.pgd_attack_fn(attacks.PGDConfig(0.03, 0.01, 2))
   rng = jax.random.PRNGKey(5)
   split = synthetic.val
   alphas = [0.0, 0.5, 1.0]
@@ -170,7 +171,7 @@ def test_interpolation_endpoints_and_vmap_agree(tiny_cnn, synthetic):
   np.testing.assert_array_equal(vm_ok["adv"], loop_ok["adv"])
   for a, b in zip(vm, loop):
     assert a["clean"] == pytest.approx(b["clean"]) and a["adv"] == pytest.approx(b["adv"])
-  ev = evaluate.Evaluator(fns, attack, 64)
+  ev = evaluation.Evaluator(fns, attack, 64)
   at, ft = ev(theta_at, split, rng), ev(theta_ft, split, rng)
   assert (vm[0]["clean"], vm[0]["adv"]) == pytest.approx((at["clean"], at["adv"]))
   assert (vm[2]["clean"], vm[2]["adv"]) == pytest.approx((ft["clean"], ft["adv"]))
@@ -238,7 +239,7 @@ def test_launch_rift_end_to_end_resume_and_ablations(tmp_path, monkeypatch):
   chosen = [c for c in saved["interpolation"] if c["alpha"] == saved["alpha"]][0]
   assert chosen["adv"] >= ref["adv"] - 0.1 - 1e-9
   # The per-example records reproduce the reported numbers and the paired Δ.
-  from rift_jax import records
+  from rift_jax.evaluation import records
   rec = records.load(os.path.join(wd, "records.npz"))
   assert 100 * rec["at/clean"].mean() == pytest.approx(saved["at"]["clean"])
   assert 100 * rec["rift/adv"].mean() == pytest.approx(saved["rift"]["adv"])
@@ -262,7 +263,7 @@ def test_launch_rift_end_to_end_resume_and_ablations(tmp_path, monkeypatch):
   cfg.rift.ood.enabled = False
   # An export that fails loses nothing: results.json and report.md are
   # written before it, and the re-run only adds the export.
-  from rift_jax import convert
+  from rift_jax.models import convert
 
   def broken_export(*args, **kwargs):
     raise OSError("disk full")

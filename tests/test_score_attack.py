@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rift_jax import attacks, methods, models, objectives
+from rift_jax import attacks, models
+from rift_jax.training import methods, objectives
 
 W = np.array([[-2.6, 1.3, 1.2], [2.6, -1.5, 3.4], [-0.6, 3.1, -0.9],
               [-1.5, 0.5, 2.1]], np.float32)           # 4 pixels -> 3 classes

@@ -86,10 +86,10 @@ def count_compiles():
 
 
 def test_no_recompilation_across_epochs(tmp_path, monkeypatch):
-  from rift_jax import train, workdir
+  from rift_jax import training, workdir
   steps, at_epoch_end = [], {}
-  make_step = train.make_train_step
-  monkeypatch.setattr(train, "make_train_step",
+  make_step = training.make_train_step
+  monkeypatch.setattr(training, "make_train_step",
                       lambda *a, **k: steps.append(make_step(*a, **k)) or steps[-1])
   append = workdir.append_jsonl
   with count_compiles() as n:
@@ -97,7 +97,7 @@ def test_no_recompilation_across_epochs(tmp_path, monkeypatch):
       at_epoch_end[rec["epoch"]] = n[0]
       return append(path, rec)
     monkeypatch.setattr(workdir, "append_jsonl", record)
-    train.train_and_evaluate(tiny_config(**{"optim.epochs": 3, "data.train_size": 16}),
+    training.train_and_evaluate(tiny_config(**{"optim.epochs": 3, "data.train_size": 16}),
                              str(tmp_path))
   # Epoch 3 (training, the padded validation batches) and epoch 2's
   # checkpoints compile nothing: everything was compiled in epoch 1.
@@ -107,11 +107,11 @@ def test_no_recompilation_across_epochs(tmp_path, monkeypatch):
 
 
 def test_evaluator_compiles_once_with_padded_batches():
-  from rift_jax import attacks, data, evaluate, models
+  from rift_jax import attacks, data, evaluation, models
   model = models.create_model("small_cnn", num_classes=4, width=4)
   fns = models.ModelFns(model)
   variables = models.init_variables(model, jax.random.PRNGKey(0), (16, 16, 1))
-  ev = evaluate.Evaluator(fns, evaluate.pgd_attack_fn(attacks.PGDConfig(
+  ev = evaluation.Evaluator(fns, evaluation.pgd_attack_fn(attacks.PGDConfig(
       epsilon=0.1, step_size=0.05, num_steps=2)), 16)
   splits = data.synthetic_splits(num_train=40, num_test=50, seed=1)
   with count_compiles() as n:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rift_jax import square
+from rift_jax.attacks import square
 from rift_jax.errors import UserError
 
 
@@ -53,7 +53,7 @@ def test_proposals_match_torchattacks_given_the_same_draws():
   window corners, signs and transpositions; our `start_l2`, `propose_l2`
   and `propose_linf` must give the same images. One channel: there
   torchattacks' whole-image window norm equals the authors' per-channel one
-  (see rift_jax/square.py)."""
+  (see rift_jax/attacks/square.py)."""
   torch = pytest.importorskip("torch")
   ta = pytest.importorskip("torchattacks")
   rng = np.random.default_rng(1)
@@ -309,7 +309,8 @@ def test_square_against_torchattacks_on_a_robust_model(robust_pair):
 SHARDED = r"""
 import json
 import jax, numpy as np
-from rift_jax import sharding, square
+from rift_jax import sharding
+from rift_jax.attacks import square
 assert jax.device_count() == 2
 rng = np.random.default_rng(0)
 w = rng.normal(size=(8 * 8 * 2, 4)).astype(np.float32)

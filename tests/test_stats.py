@@ -1,4 +1,4 @@
-"""rift_jax.stats against hand-worked values, exact enumerations and coverage.
+"""rift_jax.evaluation.stats against hand-worked values, exact enumerations and coverage.
 
 Expected numbers are written from closed forms (binomial sums, the t
 quantiles below, computed to 40 digits with mpmath), never through the code
@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from rift_jax import stats
+from rift_jax.evaluation import stats
 from rift_jax.errors import UserError
 from tests.conftest import REPO
 
@@ -329,7 +329,7 @@ def test_noninferior():
 # --- import hygiene -----------------------------------------------------------
 
 def test_import_pulls_in_no_jax_tensorflow_or_scipy():
-  code = ("import sys, rift_jax.stats; "
+  code = ("import sys, rift_jax.evaluation.stats; "
           "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
           "('jax', 'flax', 'tensorflow', 'scipy')); "
           "assert not bad, bad")

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from rift_jax import records, stats, study
+from rift_jax.evaluation import records, stats
+from rift_jax.experiments import study
 
 
 def _fake_run(d, at_clean, rift_clean, at_adv, rift_adv, module="conv1"):
@@ -45,10 +46,10 @@ def test_aggregate_by_hand(tmp_path):
   # seeds, 2 in two, 2 in one), none gets worse: only the all-positive sign
   # vector reaches the observed sum, so p sits at its Monte-Carlo floor;
   # Holm over the family (clean, adv) doubles it.
-  from rift_jax import pipeline
+  from rift_jax.evaluation import paired
   assert c["pooled"]["delta"] == pytest.approx(10.0)
   assert c["pooled"]["n"] == n and c["pooled"]["seeds"] == 3
-  floor = stats.p_floor(pipeline.PERMUTATIONS)
+  floor = stats.p_floor(paired.PERMUTATIONS)
   assert c["pooled"]["p_permutation"] == pytest.approx(floor)
   assert c["pooled"]["p_holm"] == pytest.approx(2 * floor)
   assert c["verdict"] == "real"           # both intervals exclude 0
@@ -83,7 +84,7 @@ def test_variant_configs_change_one_thing():
   assert v.rift.alpha_rule == "robust_and_ood" and v.rift.ood_val.enabled
   assert study.seed_config(c, 2).data.to_dict() == c.data.to_dict()
   for name in study.VARIANTS:               # every variant is a valid config
-    from rift_jax import validation
+    from rift_jax.experiments import validation
     validation.validate_rift(study.variant_config(c, 0, name, ""))
 
 

@@ -5,7 +5,7 @@ Dense head — none of which is a 3×3 convolution."""
 import jax.numpy as jnp
 import pytest
 
-from rift_jax import criticality, finetuning
+from rift_jax.rift import criticality, finetuning
 from rift_jax.errors import UserError
 
 

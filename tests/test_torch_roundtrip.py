@@ -9,8 +9,10 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed (pip "
                             "install .[torch]); the round trips need it")
 
-from rift_jax import (checkpoint, config as config_lib, convert, data,  # noqa: E402
-                      interpolation, models, pipeline, torch_models)
+from rift_jax import data, models  # noqa: E402
+from rift_jax.experiments import pipeline  # noqa: E402
+from rift_jax.models import checkpoint, convert, torch_models  # noqa: E402
+from rift_jax.rift import interpolation  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from tests.configs import tiny  # noqa: E402
 
@@ -69,7 +71,7 @@ def test_export_keeps_the_source_layout(tmp_path, how, suffix):
   src = tmp_path / f"user{suffix}"
   _save(tm, src, how)
   config = _config(src)
-  model = config_lib.build_model(config, INFO)
+  model = models.build_model(config, INFO)
   theta, _ = checkpoint.load_model_variables(str(src), model, INFO)
   x = np.random.default_rng(0).uniform(0, 1, (8, 16, 16, 1)).astype(np.float32)
   fns = models.ModelFns(model)
@@ -103,7 +105,7 @@ def test_input_normalization_none_takes_unit_range_inputs(tmp_path):
   x = np.random.default_rng(1).uniform(0, 1, (8, 16, 16, 1)).astype(np.float32)
   for norm, close in (("none", True), ("dataset", False)):
     config = _config(src, **{"model.input_normalization": norm})
-    model = config_lib.build_model(config, INFO)
+    model = models.build_model(config, INFO)
     theta, _ = checkpoint.load_model_variables(str(src), model, INFO)
     ours = np.asarray(models.ModelFns(model).logits(theta, x))
     assert np.allclose(ours, _logits_torch(tm, x), atol=1e-4) == close, norm
@@ -128,7 +130,7 @@ def test_launch_rift_from_a_pytorch_file(tmp_path):
   back.load_state_dict({k[len("module."):]: v for k, v in obj["state_dict"].items()},
                        strict=True)
   config = _config(src)
-  model = config_lib.build_model(config, INFO)
+  model = models.build_model(config, INFO)
   star, _ = checkpoint.load_model_variables(str(wd / "theta_star.safetensors"),
                                             model, INFO)
   x = np.random.default_rng(2).uniform(0, 1, (8, 16, 16, 1)).astype(np.float32)

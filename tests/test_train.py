@@ -8,7 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rift_jax import attacks, checkpoint, models, objectives, schedules, train
+from rift_jax import attacks, models, training
+from rift_jax.models import checkpoint
+from rift_jax.training import objectives, schedules
 from rift_jax.errors import NonFiniteLoss
 from tests.configs import tiny
 
@@ -29,12 +31,12 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(tiny_cnn, synthetic):
   model, variables = tiny_cnn
   optim = ml_collections.ConfigDict(dict(lr=0.05, momentum=0.9, weight_decay=5e-4,
                                          epochs=1, schedule="constant"))
-  tx = train.make_optimizer(optim, 10)
+  tx = training.make_optimizer(optim, 10)
   ctx = objectives.Context(models.ModelFns(model),
                            attacks.PGDConfig(0.03, 0.01, 2, unroll=False))
-  step = train.make_train_step(ctx, tx, objectives.pgd_at, synthetic.info,
+  step = training.make_train_step(ctx, tx, objectives.pgd_at, synthetic.info,
                                augment=False)
-  state = train.create_state(jax.tree_util.tree_map(jnp.copy, variables), tx,
+  state = training.create_state(jax.tree_util.tree_map(jnp.copy, variables), tx,
                              jax.random.PRNGKey(0))
   x = jnp.asarray(synthetic.train.images[:64] / 255.0, jnp.float32)
   y = jnp.asarray(synthetic.train.labels[:64])
@@ -48,15 +50,15 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(tiny_cnn, synthetic):
 
 def test_kill_and_resume_gives_the_same_parameters(tmp_path, synthetic):
   cfg = _config(**{"optim.epochs": 3})
-  full = train.train_and_evaluate(cfg, str(tmp_path / "full"), dataset=synthetic)
+  full = training.train_and_evaluate(cfg, str(tmp_path / "full"), dataset=synthetic)
   part = str(tmp_path / "part")
-  train.train_and_evaluate(cfg, part, dataset=synthetic, stop_after_epoch=1)
-  resumed = train.train_and_evaluate(cfg, part, dataset=synthetic)
+  training.train_and_evaluate(cfg, part, dataset=synthetic, stop_after_epoch=1)
+  resumed = training.train_and_evaluate(cfg, part, dataset=synthetic)
   assert [h["epoch"] for h in resumed.history] == [2, 3]
   ckpt = lambda d: checkpoint.Checkpointer(os.path.join(d, "checkpoints", "latest"))
   target = jax.device_get(full.variables)
   a = ckpt(str(tmp_path / "full")).restore(
-      train.create_state(target, train.make_optimizer(cfg.optim, 1),
+      training.create_state(target, training.make_optimizer(cfg.optim, 1),
                          jax.random.PRNGKey(0)))[0]
   b = ckpt(part).restore(a)[0]
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -68,13 +70,13 @@ def test_kill_and_resume_gives_the_same_parameters(tmp_path, synthetic):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synthetic):
   wd = str(tmp_path / "run")
-  train.train_and_evaluate(_config(**{"optim.epochs": 2}), wd, dataset=synthetic,
+  training.train_and_evaluate(_config(**{"optim.epochs": 2}), wd, dataset=synthetic,
                            stop_after_epoch=1)
   latest = os.path.join(wd, "checkpoints", "latest")
   before = sorted(os.listdir(latest))
   bad = _config(**{"optim.epochs": 2, "optim.lr": 1e30})
   with pytest.raises(NonFiniteLoss, match="last good checkpoint is kept"):
-    train.train_and_evaluate(bad, wd, dataset=synthetic)
+    training.train_and_evaluate(bad, wd, dataset=synthetic)
   assert sorted(os.listdir(latest)) == before
   meta = checkpoint.Checkpointer(latest).read_meta()
   assert meta["epoch"] == 1
@@ -82,10 +84,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, synt
 
 def test_checkpoint_of_another_model_is_refused(tmp_path, synthetic):
   wd = str(tmp_path / "run")
-  train.train_and_evaluate(_config(**{"optim.epochs": 1}), wd, dataset=synthetic)
+  training.train_and_evaluate(_config(**{"optim.epochs": 1}), wd, dataset=synthetic)
   from rift_jax.errors import UserError
   with pytest.raises(UserError, match=r"another model: width=4 \(config asks 8\)"):
-    train.train_and_evaluate(_config(**{"optim.epochs": 2, "model.width": 8}), wd,
+    training.train_and_evaluate(_config(**{"optim.epochs": 2, "model.width": 8}), wd,
                              dataset=synthetic)
 
 

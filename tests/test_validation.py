@@ -2,7 +2,7 @@
 key, the bad value and what is allowed."""
 import pytest
 
-from rift_jax import validation
+from rift_jax.experiments import validation
 from rift_jax.errors import UserError
 from tests.configs import tiny
 

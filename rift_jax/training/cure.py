@@ -51,9 +51,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rift_jax import attacks, models, objectives
+from rift_jax import attacks, models
+from rift_jax.training import objectives
 from rift_jax.errors import check_range
-from rift_jax.objectives import Batch, Context
+from rift_jax.training.objectives import Batch, Context
 
 
 def hparams(ctx: Context) -> dict:

@@ -4,12 +4,13 @@
 
 Each method's hyperparameters live in the config block of its name
 (`config.trades.beta`, `config.cure.p`, ...; AFT's are in `config.optim`,
-see `rift_jax.schedules`). This module imports every method module, so no
+see `rift_jax.training.schedules`). This module imports every method module, so no
 method module needs to know the registry (no import cycles).
 """
 from __future__ import annotations
 
-from rift_jax import attacks, cure, objectives
+from rift_jax import attacks
+from rift_jax.training import cure, objectives
 from rift_jax.errors import check_choice
 
 METHODS: dict[str, objectives.Method] = {m.name: m for m in (

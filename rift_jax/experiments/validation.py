@@ -15,7 +15,7 @@ calls one of these at its boundary (`launch/*`, `pipeline.run`):
 
 Each raises `UserError` with one line naming the full key, the bad value and
 what is allowed; the checks themselves live with the code that uses the
-values (`criticality.check_settings`, `train.check_optim`, ...), so there is
+values (`criticality.check_settings`, `training.check_optim`, ...), so there is
 one definition of "allowed" per setting.
 """
 from __future__ import annotations
@@ -26,9 +26,12 @@ import re
 
 import jax
 
-from rift_jax import (attacks, checkpoint, config as config_lib, corruptions,
-                      criticality, data, finetuning, interpolation, methods,
-                      models, suite, train)
+from rift_jax import attacks, data, models, training
+from rift_jax.data import corruptions
+from rift_jax.evaluation import suite
+from rift_jax.models import checkpoint
+from rift_jax.rift import criticality, finetuning, interpolation
+from rift_jax.training import methods
 from rift_jax.errors import UserError, check_choice, check_range
 
 DATA_SOURCES = ("tfds", "debian")
@@ -52,21 +55,21 @@ def validate_common(config) -> None:
   models.check_name(m.name)
   if m.get("width") is not None:
     check_range("model.width", int(m.width), 1)
-  from rift_jax import conv
+  from rift_jax.models import conv
   check_choice("model.conv_impl", m.get("conv_impl", "auto"), conv.IMPLS)
   check_choice("model.compute_dtype", m.get("compute_dtype", "float32"),
                models.COMPUTE_DTYPES)
-  config_lib.normalization(config, data.INFO[d.name])
+  models.normalization(config, data.INFO[d.name])
   check_range("eval.batch_size", int(config.eval.batch_size), 1)
   attacks.PGDConfig.from_config(config.eval.attack, "eval.attack")
 
 
 def validate_train(config) -> None:
-  """Everything `train.train_and_evaluate` reads."""
+  """Everything `training.train_and_evaluate` reads."""
   validate_common(config)
   method = methods.get(config.method)
   methods.context(config)   # the method's block and the training attack
-  train.check_optim(config.optim)
+  training.check_optim(config.optim)
   _bool("augment", config.get("augment", True))
   check_range("log_every", int(config.get("log_every", 10)), 1)
   init_from = config.get("init_from", "") or ""
@@ -113,7 +116,7 @@ def validate_rift(config) -> None:
   _bool("rift.finetune.augment", ft.augment)
   for lr in ft.lr_sweep:
     check_range("rift.finetune.lr_sweep entry", float(lr), 0.0, low_open=True)
-  train.check_optim(ft.optim, "rift.finetune.optim", allow_zero_lr=True)
+  training.check_optim(ft.optim, "rift.finetune.optim", allow_zero_lr=True)
   interpolation.check_alphas(r.alphas)
   check_range("rift.tolerance", float(r.tolerance), 0.0)
   check_range("rift.noninferiority_margin", float(r.noninferiority_margin), 0.0)
@@ -174,7 +177,7 @@ def check_modules(config) -> None:
   """Module names and filters, on the abstract model (no compute), so a typo
   fails in a second, not after training θ_AT."""
   info = data.INFO[config.data.name]
-  model = config_lib.build_model(config, info)
+  model = models.build_model(config, info)
   params = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jax.numpy.zeros((1, *info.image_shape)),
       train=False))["params"]
@@ -206,13 +209,14 @@ def check_checkpoint(config, path: str, name: str = "--checkpoint") -> None:
   if not path:
     raise UserError(f"{name} is required (a PyTorch .pth/.pt/.safetensors file, "
                     "a launch.train workdir or a variables folder)")
-  from rift_jax import convert, workdir
+  from rift_jax import workdir
+  from rift_jax.models import convert
   p = os.path.expanduser(str(path))
   info = data.INFO[config.data.name]
   if checkpoint.is_torch_file(p):
     if not os.path.isfile(p):
       raise UserError(f"{name}={path!r} does not exist")
-    convert.import_checkpoint(p, config_lib.build_model(config, info),
+    convert.import_checkpoint(p, models.build_model(config, info),
                               info.image_shape)
     return
   folder = workdir.checkpoint_dir(p)
@@ -222,7 +226,7 @@ def check_checkpoint(config, path: str, name: str = "--checkpoint") -> None:
                     "variables folder)")
   ckpt = checkpoint.Checkpointer(folder)
   try:
-    checkpoint.check_model(ckpt.read_meta(), config_lib.model_meta(config, info),
+    checkpoint.check_model(ckpt.read_meta(), models.model_meta(config, info),
                            folder)
   finally:
     ckpt.close()

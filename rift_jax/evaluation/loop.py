@@ -11,7 +11,7 @@ over it — goes through `per_example`:
 so a split compiles once per batch shape, runs on one CPU, several GPUs or a
 TPU slice alike, and every result is per example: accuracies are means of
 the per-example correctness vectors the loop returns, and those vectors are
-what `rift_jax.records` stores for paired comparisons after the fact.
+what `rift_jax.evaluation.records` stores for paired comparisons after the fact.
 """
 from __future__ import annotations
 

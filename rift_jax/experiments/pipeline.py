@@ -9,7 +9,7 @@ stopped. Model selection (best AT epoch, best fine-tuning epoch, α, the
 fine-tuning lr of a sweep) uses the validation split only; the test split is
 read once, at the end, for the reported numbers, and every test evaluation
 keeps its per-example correctness (`records.npz`) so the paired statistics
-(`rift_jax.stats`) can be recomputed, and other runs on the same images
+(`rift_jax.evaluation.stats`) can be recomputed, and other runs on the same images
 compared, without re-running anything.
 
 Workdir layout:
@@ -36,10 +36,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from rift_jax import (attacks, checkpoint, config as config_lib, corruptions,
-                      criticality, data, evaluate, finetuning, interpolation,
-                      models, records, report, sharding, stats, train,
-                      validation, workdir as wd)
+from rift_jax import (attacks, data, evaluation, models, sharding, training,
+                      workdir as wd)
+from rift_jax.data import corruptions
+from rift_jax.evaluation import paired, records, report
+from rift_jax.experiments import validation
+from rift_jax.models import checkpoint
+from rift_jax.rift import criticality, finetuning, interpolation
 from rift_jax.errors import UserError
 
 
@@ -51,8 +54,8 @@ def _path(workdir, *parts):
 def stage_theta_at(config, workdir, dataset, timer):
   """θ_AT: loaded from rift.at_checkpoint, or trained into workdir/at."""
   info = dataset.info
-  model = config_lib.build_model(config, info)
-  expect = config_lib.model_meta(config, info)
+  model = models.build_model(config, info)
+  expect = models.model_meta(config, info)
   src = config.rift.at_checkpoint
   if src:
     variables, path = checkpoint.load_model_variables(src, model, info, expect)
@@ -61,7 +64,7 @@ def stage_theta_at(config, workdir, dataset, timer):
   done = _path(at_dir, "done.json")
   if not os.path.exists(done):
     with timer.stage("train_at"):
-      result = train.train_and_evaluate(config, at_dir, dataset=dataset)
+      result = training.train_and_evaluate(config, at_dir, dataset=dataset)
       wd.write_json(done, {"best_epoch": result.best_epoch,
                            "history": result.history})
   best_dir = _path(at_dir, "checkpoints", "best")
@@ -150,7 +153,7 @@ def stage_finetune_and_interpolate(config, workdir, run_name, fns, theta_at,
     with timer.stage("interpolate"):
       attack = attacks.PGDConfig.from_config(config.eval.attack, "eval.attack")
       res = interpolation.interpolate(
-          fns, theta_at, theta_ft, dataset.val, evaluate.pgd_attack_fn(attack),
+          fns, theta_at, theta_ft, dataset.val, evaluation.pgd_attack_fn(attack),
           jax.random.PRNGKey(int(config.seed) + 21), alphas=r.alphas,
           tolerance=float(r.tolerance), batch_size=int(config.eval.batch_size),
           chunk=int(r.alpha_chunk), mesh=mesh)
@@ -200,7 +203,7 @@ def stage_export(workdir: str, exports: dict, at_source: str) -> None:
   PyTorch file gets exactly that file's key layout back (prefixes, wrapper,
   `num_batches_tracked`), so the user's own `load_state_dict(..., strict=True)`
   works; a run from our own checkpoint uses the RiFT/kuangliu naming."""
-  from rift_jax import convert
+  from rift_jax.models import convert
   layout = at_source if checkpoint.is_torch_file(at_source) else None
   try:
     import torch  # noqa: F401
@@ -237,9 +240,9 @@ def stage_bn_swap(config, workdir, fns, theta_at, theta_star, dataset, ood_test,
            for name, v in swapped.items()}
   records.save(_path(workdir, "bn_swap_records.npz"), records.flatten(rec))
   at = records.of_model(records.load(_path(workdir, "records.npz")), "at")
-  out = {name: {**{k: v for k, v in summarize_records(rec[name]).items()
+  out = {name: {**{k: v for k, v in paired.summarize_records(rec[name]).items()
                    if k != "ood_detail"},
-                "paired": paired(at, rec[name], int(config.seed),
+                "paired": paired.paired(at, rec[name], int(config.seed),
                                  margin=float(config.rift.noninferiority_margin))}
          for name in swapped}
   wd.write_json(path, out)
@@ -250,98 +253,17 @@ def test_records(config, fns, variables, dataset, ood_sets, mesh, tag) -> dict:
   """Per-example test correctness: {'clean', 'adv', 'ood/<c>/<s>'}: bool [n]."""
   attack = attacks.PGDConfig.from_config(config.rift.test_attack,
                                          "rift.test_attack")
-  ev = evaluate.Evaluator(fns, evaluate.pgd_attack_fn(attack),
+  ev = evaluation.Evaluator(fns, evaluation.pgd_attack_fn(attack),
                           int(config.eval.batch_size), mesh)
   out = ev.per_example(variables, dataset.test,
                        jax.random.PRNGKey(int(config.seed) + 31),
                        desc=f"test {tag}")
   if ood_sets is not None:
-    clean_ev = evaluate.Evaluator(fns, None, int(config.eval.batch_size), mesh)
+    clean_ev = evaluation.Evaluator(fns, None, int(config.eval.batch_size), mesh)
     table = corruptions.correctness_table(
         ood_sets, lambda s: clean_ev.per_example(variables, s,
                                                  jax.random.PRNGKey(0))["clean"])
     out.update({f"ood/{c}/{s}": v for c, by in table.items() for s, v in by.items()})
-  return out
-
-
-def summarize_records(rec: dict, ood_names=None) -> dict:
-  """{'clean', 'adv', 'ood', 'ood_detail'} in percent from one model's records."""
-  out = {"clean": 100.0 * float(rec["clean"].mean()),
-         "adv": 100.0 * float(rec["adv"].mean())}
-  table = ood_table(rec)
-  if table:
-    acc = corruptions.accuracy_of(table)
-    out["ood_detail"] = corruptions.summarize(acc)
-    out["ood"] = out["ood_detail"]["mean"]
-  return out
-
-
-def ood_table(rec: dict) -> dict:
-  """{corruption: {severity: bool [n]}} from 'ood/<c>/<s>' records."""
-  table: dict = {}
-  for k, v in rec.items():
-    if k.startswith("ood/"):
-      _, c, s = k.split("/")
-      table.setdefault(c, {})[int(s)] = v
-  return table
-
-
-PERMUTATIONS = 10000   # resamples of every Monte-Carlo p-value
-
-
-def paired(a: dict, b: dict, seed: int = 0, margin: float | None = None) -> dict:
-  """Model b vs model a on the same test images: Δ in pp with a 95 %
-  paired-bootstrap interval over images, and a p-value.
-
-  Records (`test_records`) hold bool `[n]` per key for one run, or `[seeds,
-  n]` for a study's seeds pooled: the same images in every seed, so images
-  are resampled with all their seeds' outcomes kept together (a cluster
-  bootstrap, `rift_jax.stats`). p: exact McNemar for one run's clean/adv; a
-  paired sign-flip permutation test over images otherwise (pooled seeds,
-  and OOD: the per-image mean over corruptions × severities), reported with
-  its floor 1/(R + 1). OOD also per corruption family. `margin` (pp): adv
-  gets `noninferior` — its interval's lower bound above −margin.
-  """
-  n = int(a["clean"].shape[-1])
-  pooled = np.ndim(a["clean"]) > 1
-  floor = stats.p_floor(PERMUTATIONS)
-
-  def entry(xa, xb, exact: bool) -> dict:
-    delta, lo, hi = stats.paired_bootstrap(xa, xb, seed=seed)
-    e = {"delta": delta, "ci95": [lo, hi], "n": int(xa.shape[-1])}
-    if exact:
-      e["p_mcnemar"] = p = stats.mcnemar(xa, xb)
-    else:
-      e["p_permutation"] = p = stats.paired_permutation(
-          xa, xb, num_resamples=PERMUTATIONS, seed=seed)
-      e["p_floor"] = floor
-    e["verdict"] = stats.verdict(lo, hi, p)
-    return e
-
-  out = {}
-  for k in ("clean", "adv"):
-    out[k] = entry(a[k], b[k], exact=not pooled)
-    if pooled:
-      out[k]["seeds"] = int(np.shape(a[k])[0])
-  if margin is not None:
-    out["adv"]["margin"] = float(margin)
-    out["adv"]["noninferior"] = stats.noninferior(out["adv"]["ci95"][0], margin)
-  ta, tb = ood_table(a), ood_table(b)
-  if ta and tb:
-    xa, xb = corruptions.per_image(ta), corruptions.per_image(tb)
-    out["ood"] = {**entry(xa, xb, exact=False), "cells": int(xa.shape[-2]),
-                  "test": "paired bootstrap over images of the per-image mean "
-                          "over corruptions × severities"
-                          + (" × seeds" if pooled else "")
-                          + "; p: paired sign-flip permutation test of the "
-                          "same statistic"}
-    families: dict = {}
-    for c in ta:
-      families.setdefault(corruptions.FAMILIES.get(c, "other"), []).append(c)
-    out["ood_family"] = {
-        f: {**entry(corruptions.per_image(ta, names), corruptions.per_image(tb, names),
-                    exact=False), "corruptions": names}
-        for f, names in families.items()}
   return out
 
 
@@ -386,12 +308,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                             r.finetune.candidates)
   ood_val = None
   if r.ood_val.enabled:
-    @functools.cache
-    def ood_val():
-      return corruptions.load_sets(
-          r.ood_val, dataset.val, data_dir=config.data.data_dir,
-          workdir=_path(workdir, "ood_val"), seed=int(r.ood_val.seed),
-          prefix="rift.ood_val")
+    ood_val = functools.cache(lambda: corruptions.load_sets(
+        r.ood_val, dataset.val, data_dir=config.data.data_dir,
+        workdir=_path(workdir, "ood_val"), seed=int(r.ood_val.seed),
+        prefix="rift.ood_val"))
 
   def run_target(target, name):
     modules = finetuning.target_modules(target, scores, candidates,
@@ -482,18 +402,18 @@ def build_results(config, rec, scores, main, ablations, at_source, timing,
                   n_test) -> dict:
   """results.json from the per-example test records and the stage outputs."""
   r = config.rift
-  at, rift = summarize_records(rec["at"]), summarize_records(rec["rift"])
+  at, rift = paired.summarize_records(rec["at"]), paired.summarize_records(rec["rift"])
   abl_out = {}
   for name, a in ablations.items():
-    m = summarize_records(rec[name])
+    m = paired.summarize_records(rec[name])
     abl_out[name] = {"modules": a["modules"], "alpha": a["alpha"], "lr": a["lr"],
                      **{k: m.get(k) for k in ("clean", "adv", "ood")},
-                     "paired": paired(rec["at"], rec[name], int(config.seed),
+                     "paired": paired.paired(rec["at"], rec[name], int(config.seed),
                                       margin=float(r.noninferiority_margin))}
   return {
       "at": {k: at.get(k) for k in ("clean", "adv", "ood")},
       "rift": {k: rift.get(k) for k in ("clean", "adv", "ood")},
-      "paired": paired(rec["at"], rec["rift"], int(config.seed),
+      "paired": paired.paired(rec["at"], rec["rift"], int(config.seed),
                        margin=float(r.noninferiority_margin)),
       "module": main["modules"][0] if len(main["modules"]) == 1 else main["modules"],
       "modules": main["modules"],

@@ -19,7 +19,7 @@ ones it was given unless the attack updates them) and the loss starts from
 those. `ctx` is a hashable `Context` holding the model functions and the
 static hyperparameters (`ctx.hp(name)` reads `config.<method>.<name>`), so the
 jitted step compiles once. The registry of every method (these and CURE) is
-`rift_jax.methods`; the authors' settings per method (BN mode, passes,
+`rift_jax.training.methods`; the authors' settings per method (BN mode, passes,
 hyperparameters, the file of their code) are tabled in
 `configs/methods_paper.py`.
 
@@ -64,9 +64,9 @@ Losses (per-example terms are averaged over the batch; p(·) = softmax):
             The official defaults differ by base: AT-AWP γ = 1e-2 and no
             warm-up, TRADES-AWP γ = 5e-3 and AWP from (1-based) epoch 10,
             i.e. `awp.warmup_epochs = 9` here.
-- cure:     see `rift_jax/cure.py`.
+- cure:     see `rift_jax/training/cure.py`.
 - aft:      PGD-AT started from a naturally trained model with the
-            'slow start, fast decay' schedule, see `rift_jax/schedules.py`.
+            'slow start, fast decay' schedule, see `rift_jax/training/schedules.py`.
 
 BatchNorm policy (written down because it changes results). The papers leave
 it to code; we follow each authors' code (`configs/methods_paper.py` tables
@@ -544,7 +544,7 @@ score = Method("score", score_loss, craft=craft_score, validate=_validate_score)
 awp = Method("awp", awp_loss, craft=awp_craft, perturb_weights=awp_perturbation,
              validate=_validate_awp, after_update=awp_after_update)
 # AFT is PGD-AT started from a natural model (with PGD-AT's passes, our
-# choice: no official code); its schedule is in rift_jax/schedules.py
+# choice: no official code); its schedule is in rift_jax/training/schedules.py
 # ('slow_start_fast_decay').
 aft = Method("aft", at_loss, craft=craft_ce, starts_from_pretrained=True,
              after_update=clean_stats_after_update)

@@ -20,8 +20,9 @@ import os
 import jax
 import numpy as np
 
-from rift_jax import (attacks, criticality, data, models, pipeline, sharding,
-                      workdir as wd)
+from rift_jax import attacks, data, models, sharding, workdir as wd
+from rift_jax.experiments import pipeline
+from rift_jax.rift import criticality
 from rift_jax.errors import UserError
 
 SETTINGS = {

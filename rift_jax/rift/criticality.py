@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from rift_jax import attacks, data, evaluate, models, sharding
+from rift_jax import attacks, data, evaluation, models, sharding
 from rift_jax.errors import UserError, check_choice, check_range
 
 
@@ -81,8 +81,8 @@ def fixed_adversarial_set(fns: models.ModelFns, variables, split: data.Split,
     return attacks.pgd(lambda xa: fns.logits(v, xa, train=False), x, y, key,
                        attack)
 
-  batches = evaluate.Batches(split, batch_size, mesh, "rift.mrc.batch_size")
-  x_adv = evaluate.per_example(
+  batches = evaluation.Batches(split, batch_size, mesh, "rift.mrc.batch_size")
+  x_adv = evaluation.per_example(
       jax.jit(craft), batches, consts=(sharding.replicate(variables, batches.mesh),),
       rng=rng, desc="fixed adversarial set" if progress else None)
   return x_adv, split.labels.copy()
@@ -316,7 +316,7 @@ class _StaticRoute:
 
 class _Features:
   """The fixed set's batches as features at a cut: same order, padding and
-  sharding as the `evaluate.Batches` they came from (what `evaluate.
+  sharding as the `evaluation.Batches` they came from (what `evaluation.
   per_example` and the ascent loop iterate over)."""
 
   def __init__(self, pairs, batches):
@@ -412,7 +412,7 @@ def mrc(fns: models.ModelFns, variables, x_adv, y, *,
   params = variables["params"]
   names = models.resolve_modules(params, list(modules) if modules else None)
   # The fixed set, padded + weighted, put on device once.
-  batches = evaluate.Batches(
+  batches = evaluation.Batches(
       data.Split(np.asarray(x_adv, np.float32), np.asarray(y, np.int32)),
       batch_size, mesh, "rift.mrc.batch_size", keep=True)
   weights = batches.weights()
@@ -429,7 +429,7 @@ def mrc(fns: models.ModelFns, variables, x_adv, y, *,
 
   def loss_and_acc(state, inputs):
     fn, consts = impl.losses(variables, state)
-    ce, ok = evaluate.per_example(fn, inputs, consts=consts,
+    ce, ok = evaluation.per_example(fn, inputs, consts=consts,
                                   axis=1 if vmapped else 0)
     return (np.atleast_1d(np.sum(ce, -1, dtype=np.float64) / n),
             np.atleast_1d(100.0 * np.sum(ok, -1, dtype=np.float64) / n))

@@ -1,7 +1,7 @@
 """Training: a small train state, a compiled step, and the one epoch loop.
 
 `fit` is the epoch loop every trainer in the project uses (adversarial
-training here, RiFT's fine-tuning in `rift_jax.finetuning`): shuffled
+training here, RiFT's fine-tuning in `rift_jax.rift.finetuning`): shuffled
 batches whose order depends only on (seed, epoch), the compiled step, a
 non-finite check, a validation pass after each epoch and best-by-validation
 selection. `train_and_evaluate(config, workdir)` is what `launch/train.py`
@@ -23,13 +23,12 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from rift_jax import (attacks, checkpoint, config as config_lib, data, evaluate,
-                      methods, models, objectives, schedules, sharding,
-                      workdir as wd)
+from rift_jax import attacks, data, evaluation, models, sharding, workdir as wd
+from rift_jax.models import checkpoint
+from rift_jax.training import methods, objectives, schedules
 from rift_jax.errors import NonFiniteLoss, UserError, check_range
 
 
@@ -68,7 +67,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
                    mask: Any = None, prefix: str = "optim",
                    allow_zero_lr: bool = False) -> optax.GradientTransformation:
   """SGD with momentum and PyTorch-style weight decay (added to the gradient
-  before momentum), learning rate from `rift_jax.schedules`.
+  before momentum), learning rate from `rift_jax.training.schedules`.
 
   With `mask` (bool pytree like the params), only True leaves are trained:
   `optax.multi_transform` gives every other leaf exactly zero update, no
@@ -114,7 +113,7 @@ def make_train_step(ctx: objectives.Context, tx: optax.GradientTransformation,
     7. extra ← method.update_extra(extra, θ) (CURE's revision model)
   A `craft` that returns a bare x' leaves the running averages as they were.
   `update_batch_stats=False` keeps them as they were whatever the method
-  does. The BatchNorm policy is in `rift_jax/objectives.py`.
+  does. The BatchNorm policy is in `rift_jax/training/objectives.py`.
   `steps_per_epoch` gives the hooks the (0-based) epoch (AWP's warm-up).
   """
   spe = max(int(steps_per_epoch or 1), 1)
@@ -271,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     f"{len(dataset.train)} training images")
   steps_per_epoch = len(dataset.train) // batch_size
 
-  model = config_lib.build_model(config, info)
+  model = models.build_model(config, info)
   fns = models.ModelFns(model)
   ctx = methods.context(config, fns)
   method = methods.get(config.method)
@@ -280,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   k_init, k_state, k_eval = jax.random.split(rng, 3)
   init_from = config.get("init_from", "") or ""
   variables = models.init_variables(model, k_init, info.image_shape)
-  meta_model = config_lib.model_meta(config, info)
+  meta_model = models.model_meta(config, info)
   if init_from:  # a launch/train workdir, a variables folder or a PyTorch file
     variables, _ = checkpoint.load_model_variables(init_from, model, info,
                                                    meta_model)
@@ -309,7 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                augment=bool(config.get("augment", True)),
                                steps_per_epoch=steps_per_epoch)
   eval_attack = attacks.PGDConfig.from_config(config.eval.attack, "eval.attack")
-  evaluator = evaluate.Evaluator(fns, evaluate.pgd_attack_fn(eval_attack),
+  evaluator = evaluation.Evaluator(fns, evaluation.pgd_attack_fn(eval_attack),
                                  int(config.eval.batch_size), mesh)
 
   def validate(state, epoch):

@@ -17,7 +17,7 @@ a literal '_':
 Models write their PyTorch names and let `flax_name` escape them; every name
 without a literal '_' reads as before. `perturbable_modules` lists every
 Conv/Dense kernel by that name, in network order; MRC, fine-tuning and
-`rift_jax.convert` use it.
+`rift_jax.models.convert` use it.
 
 Architectures (`create_model` names; `MODEL_NAMES` lists the fixed ones):
 - `resnet18`, `resnet34`: post-activation CIFAR ResNets (RiFT, kuangliu; also
@@ -71,19 +71,19 @@ default float32 every cast is a no-op and the program is unchanged.
 Convolutions use explicit PyTorch-style padding (1 for 3x3, 0 for 1x1) so a
 stride-2 convolution sees the same pixels as in PyTorch, and converted
 checkpoints give the same logits. The convolution layer and its CPU-friendly
-input gradient are in `rift_jax.conv`.
+input gradient are in `rift_jax.models.conv`.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rift_jax import conv
+from rift_jax.models import conv
 from rift_jax.errors import UserError, check_choice, check_range
 
 
@@ -494,7 +494,7 @@ def create_model(name: str, *, num_classes: int, width: int | None = None,
   """Builds a model by name (see the module docstring for the architectures).
 
   `width` is the first convolution's width (ResNets 64, WRNs 16, DeepMind
-  PreAct 64, CNN 16). `conv_impl`: see `rift_jax.conv` ('xla' where
+  PreAct 64, CNN 16). `conv_impl`: see `rift_jax.models.conv` ('xla' where
   forward-mode autodiff is needed). `dtype`: the compute dtype, one of
   `COMPUTE_DTYPES` (a name or a dtype); see "Mixed precision" above.
   """

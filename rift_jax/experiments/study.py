@@ -12,7 +12,7 @@ to `config.study.results_dir`, and the tables are aggregated from there, so
 seeds accumulate across working sessions and every number can be re-derived
 without retraining. Every stage resumes after a kill, like `launch.rift`.
 
-Statistics (`rift_jax.stats`), per comparison (AT → AT+RiFT, or AT → a
+Statistics (`rift_jax.evaluation.stats`), per comparison (AT → AT+RiFT, or AT → a
 variant), for Std / OOD / Adv:
 - across seeds: mean ± sample std of each model, and the mean Δ with its
   t-interval over seeds (the spread that training randomness causes);
@@ -35,8 +35,9 @@ import shutil
 import ml_collections
 import numpy as np
 
-from rift_jax import (pipeline, records, report, stats, validation,
-                      workdir as wd)
+from rift_jax import workdir as wd
+from rift_jax.evaluation import paired, records, report, stats
+from rift_jax.experiments import pipeline, validation
 from rift_jax.errors import UserError, check_choice
 
 # Investigations of why RiFT does or does not help; each changes one thing
@@ -165,7 +166,7 @@ def run_seed(config, workdir: str, seed: int, save=lambda: None) -> None:
     save()
   if seed in [int(s) for s in config.study.stability_seeds]:
     print(f"=== seed {seed}, MRC ranking stability ===")
-    from rift_jax import mrc_stability
+    from rift_jax.experiments import mrc_stability
     mrc_stability.run(seed_config(config, seed), main)
     save()
 
@@ -243,12 +244,12 @@ def compare(base: list[dict], other: list[dict], seed: int = 0,
   """Model `other` vs `base` over seeds: per metric, per-seed values and Δ,
   the across-seed summary and the pooled paired interval/test."""
   out = {}
-  pooled = pipeline.paired(_stack(base), _stack(other), seed, margin=margin)
+  pooled = paired.paired(_stack(base), _stack(other), seed, margin=margin)
   for m in METRICS:
-    if m == "ood" and not pipeline.ood_table(base[0]):
+    if m == "ood" and not paired.ood_table(base[0]):
       continue
-    a = [pipeline.summarize_records(r)[m] for r in base]
-    b = [pipeline.summarize_records(r)[m] for r in other]
+    a = [paired.summarize_records(r)[m] for r in base]
+    b = [paired.summarize_records(r)[m] for r in other]
     d = [y - x for x, y in zip(a, b)]
     ma, sa, _, _ = stats.seed_summary(a)
     mb, sb, _, _ = stats.seed_summary(b)

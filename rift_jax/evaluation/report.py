@@ -3,7 +3,7 @@
 Every difference between two models is shown with its 95 % paired interval
 and a plain verdict ("significant" / "within noise at n = ..."), from the
 `paired` block that `pipeline.build_results` computes on per-example
-records (`rift_jax.stats`).
+records (`rift_jax.evaluation.stats`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rift_jax import stats, workdir as wd  # noqa: E402
+from rift_jax import workdir as wd  # noqa: E402
+from rift_jax.evaluation import stats
 
 
 def _fmt(v, digits=2):
@@ -37,7 +38,7 @@ def delta_cell(p: dict | None) -> str:
 
 
 def p_value(p: dict) -> float | None:
-  """The p-value of a paired entry (`pipeline.paired`), Holm-adjusted when
+  """The p-value of a paired entry (`rift_jax.evaluation.paired`), Holm-adjusted when
   the entry carries the adjustment (a study's family of tests)."""
   return p.get("p_holm", p.get("p_mcnemar", p.get("p_permutation")))
 

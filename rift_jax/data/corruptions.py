@@ -39,6 +39,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from rift_jax import data
+from rift_jax.data import datasets
 from rift_jax.errors import UserError, check_choice
 
 # The 19 types of imagecorruptions(-imaug), in the library's order: the 15 of
@@ -261,7 +262,7 @@ def load_cifar10_c(data_dir: str, names: str | Sequence[str] = "standard",
             f"prepare it on a machine with internet (tfds build {config} "
             f"--data_dir={data_dir}) and copy the folder here, or use "
             "generated corruptions instead")
-      out[name][sev] = data._tfds_read(config, data_dir, {"test": "test"})["test"]
+      out[name][sev] = datasets._tfds_read(config, data_dir, {"test": "test"})["test"]
   return out
 
 
@@ -436,7 +437,7 @@ def per_image(table: Mapping[str, Mapping[int, np.ndarray]],
   """Correctness `[..., cells, n]` over the images all cells share (the
   first n; a cell's array is `[n]`, or `[seeds, n]` pooled): the input of a
   paired bootstrap of the mean OOD accuracy, images on the last axis
-  (`rift_jax.stats`). `names`: only these corruptions (default: all)."""
+  (`rift_jax.evaluation.stats`). `names`: only these corruptions (default: all)."""
   cells = [v for c, by in table.items() if names is None or c in names
            for v in by.values()]
   n = min(v.shape[-1] for v in cells)

@@ -13,12 +13,12 @@
               APGD-CE → APGD-T → FAB-T → Square, each on the survivors;
               'plus'; 'rand' (models with randomness); or the attacks of
               `evaluate.autoattack.attacks`
-  ood         common corruptions (`rift_jax.corruptions.load_sets`)
+  ood         common corruptions (`rift_jax.data.corruptions.load_sets`)
 
 Every attack after the first of an entry runs only on the examples still
 robust (`autoattack.run_suite`). Results: a JSON-ready dict (accuracy per
 entry, per attack, seconds) and the per-example correctness of everything
-(`rift_jax.records`), rendered by `markdown`.
+(`rift_jax.evaluation.records`), rendered by `markdown`.
 """
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ import time
 import jax
 import numpy as np
 
-from rift_jax import attacks, autoattack, corruptions, data, evaluate
+from rift_jax import attacks, data, evaluation
+from rift_jax.data import corruptions
+from rift_jax.evaluation import autoattack
 from rift_jax.errors import UserError, check_choice, check_range
 
 ENTRIES = ("clean", "pgd", "pgd_cw", "apgd_ce", "apgd_dlr", "apgd_t", "fab",
@@ -157,7 +159,7 @@ def run(config, fns, variables, split: data.Split, *, workdir: str,
       continue
     if entry == "ood":
       sets = ood_sets or load_ood(config, split, workdir, progress)
-      evaluator = evaluate.Evaluator(fns, None, batch_size, mesh)
+      evaluator = evaluation.Evaluator(fns, None, batch_size, mesh)
       key = jax.random.fold_in(rng, k)
       table = corruptions.correctness_table(
           sets, lambda s: evaluator.per_example(variables, s, key)["clean"],

@@ -62,6 +62,7 @@ import jax
 import numpy as np
 
 from rift_jax import models
+from rift_jax.models import zoo
 from rift_jax.errors import UserError
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net")
@@ -260,7 +261,7 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> None:
 # ------------------------------------------------------------- mapping
 def _leaves(variables) -> dict[tuple[str, ...], Any]:
   flat = jax.tree_util.tree_flatten_with_path(dict(variables))[0]
-  return {tuple(models._key_name(k) for k in path): v for path, v in flat}
+  return {tuple(zoo._key_name(k) for k in path): v for path, v in flat}
 
 
 def torch_name(path: tuple[str, ...]) -> str:
@@ -295,7 +296,7 @@ def expected_shapes(target: Any) -> dict[str, tuple[int, ...]]:
   """Our variables (arrays or shape structs) -> {PyTorch name: PyTorch
   shape}, in network order."""
   out = {torch_name(p): _torch_shape(v.shape) for p, v in _leaves(target).items()}
-  return dict(sorted(out.items(), key=lambda kv: models._network_order(
+  return dict(sorted(out.items(), key=lambda kv: zoo._network_order(
       kv[0].rsplit(".", 1)[0])))
 
 

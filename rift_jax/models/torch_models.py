@@ -1,6 +1,6 @@
 """PyTorch twins of our models, with the parameter names of the public code.
 
-For taking θ* back to PyTorch (`rift_jax.convert.export_like` writes state
+For taking θ* back to PyTorch (`rift_jax.models.convert.export_like` writes state
 dicts these load with `strict=True`), for the cross-checks (converted logits,
 attacks against torchattacks) and for `launch/benchmark.py`. Needs torch
 (`pip install .[torch]`). The structure and state_dict names follow the

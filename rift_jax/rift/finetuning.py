@@ -3,12 +3,12 @@
 `rift_jax.finetune(fns, variables, dataset, modules)` returns θ_FT.
 
 Every parameter except the chosen kernels is frozen with an optax mask
-(`train.make_optimizer(..., mask=...)`, `optax.multi_transform`): the frozen
+(`training.make_optimizer(..., mask=...)`, `optax.multi_transform`): the frozen
 leaves get exactly zero update and no weight decay (weight decay 5e-4
 applies to the trainable kernel only). Loss: plain cross-entropy on clean,
 augmented training images. Defaults follow the paper: SGD momentum 0.9,
 lr 1e-3, batch 128, 10 epochs, lr ×0.1 after epoch 5. The epochs run in the
-project's one epoch loop (`train.fit`).
+project's one epoch loop (`training.fit`).
 
 Augmentation: `augment` (config `rift.finetune.augment`) should match how θ
 was trained — fine-tuning a model trained without crops/flips with them
@@ -39,8 +39,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rift_jax import (attacks, checkpoint, data, evaluate, models, objectives,
-                      sharding, train)
+from rift_jax import attacks, data, evaluation, models, sharding, training
+from rift_jax.models import checkpoint
+from rift_jax.training import objectives
 from rift_jax.errors import UserError, check_choice, check_range
 
 TARGETS = ("non_robust_critical", "robust_critical", "all", "last", "topk",
@@ -137,19 +138,19 @@ def finetune(fns: models.ModelFns, variables, dataset: data.Dataset,
     raise UserError(f"rift.finetune.optim.batch_size={batch_size} is larger "
                     f"than the {len(dataset.train)} training images")
   steps_per_epoch = len(dataset.train) // batch_size
-  tx = train.make_optimizer(optim, steps_per_epoch,
+  tx = training.make_optimizer(optim, steps_per_epoch,
                             mask=models.module_mask(params, modules),
                             prefix="rift.finetune.optim", allow_zero_lr=True)
   # The train step donates its state: copy, so θ's buffers stay valid.
   own = jax.tree_util.tree_map(jnp.copy, variables)
   state = sharding.replicate(
-      train.create_state(own, tx, jax.random.PRNGKey(seed)), mesh)
+      training.create_state(own, tx, jax.random.PRNGKey(seed)), mesh)
   # The attack in the context is unused by the natural objective.
   ctx = objectives.Context(fns=fns, attack=attacks.PGDConfig())
-  step = train.make_train_step(ctx, tx, objectives.natural, dataset.info,
+  step = training.make_train_step(ctx, tx, objectives.natural, dataset.info,
                                augment=augment,
                                update_batch_stats=update_batch_stats)
-  evaluator = evaluate.Evaluator(fns, None, eval_batch_size, mesh)
+  evaluator = evaluation.Evaluator(fns, None, eval_batch_size, mesh)
 
   def val_clean(v) -> float:
     return float(evaluator(v, dataset.val, jax.random.PRNGKey(0))["clean"])
@@ -178,7 +179,7 @@ def finetune(fns: models.ModelFns, variables, dataset: data.Dataset,
           "epoch": record["epoch"], "best_epoch": best_epoch,
           "best_score": best_score, "history": history})
 
-  result = train.fit(
+  result = training.fit(
       state, step, dataset.train, batch_size=batch_size, seed=seed,
       epochs=int(optim.epochs), mesh=mesh,
       validate=lambda s, e: {"val_clean": val_clean(s.variables)},

@@ -2,7 +2,7 @@
 
 Every test-time evaluation (clean, each attack, each corruption × severity)
 keeps its boolean correctness vector, so any two models evaluated on the same
-images can be compared pairwise after the fact (`rift_jax.stats`) without
+images can be compared pairwise after the fact (`rift_jax.evaluation.stats`) without
 re-running anything. A record file is an `.npz` holding, per name, the vector
 bit-packed (`np.packbits`, 1/8 byte per example) and its length:
 

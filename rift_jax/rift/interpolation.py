@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rift_jax import data, evaluate, models
+from rift_jax import data, evaluation, models
 from rift_jax.errors import UserError, check_choice, check_range
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -63,7 +63,7 @@ def auto_chunk(num_alphas: int) -> int:
 
 def evaluate_alphas(fns: models.ModelFns, theta_at, theta_ft,
                     alphas: Sequence[float], split: data.Split,
-                    attack: evaluate.AttackFn | None, rng: jax.Array,
+                    attack: evaluation.AttackFn | None, rng: jax.Array,
                     batch_size: int, chunk: int = 0, mesh=None,
                     progress: bool = True) -> tuple[list[dict], dict]:
   """Validation curve: ([{'alpha', 'clean', 'adv'}] in percent per α, and the
@@ -72,7 +72,7 @@ def evaluate_alphas(fns: models.ModelFns, theta_at, theta_ft,
   alphas = np.asarray(list(alphas), np.float32)
   check_range("rift.alpha_chunk", chunk, 0)
   chunk = chunk or auto_chunk(alphas.size)
-  evaluator = evaluate.Evaluator(fns, attack, batch_size, mesh, stacked=True)
+  evaluator = evaluation.Evaluator(fns, attack, batch_size, mesh, stacked=True)
   stack = jax.jit(mix_stack)
   out, clean, adv = [], [], []
   for i in range(0, alphas.size, chunk):
@@ -127,7 +127,7 @@ class InterpolationResult:
 
 
 def interpolate(fns: models.ModelFns, theta_at, theta_ft, split: data.Split,
-                attack: evaluate.AttackFn | None, rng: jax.Array, *,
+                attack: evaluation.AttackFn | None, rng: jax.Array, *,
                 alphas: Sequence[float] = DEFAULT_ALPHAS, tolerance: float = 0.1,
                 batch_size: int = 256, chunk: int = 0, mesh=None,
                 progress: bool = True) -> InterpolationResult:

@@ -129,13 +129,14 @@ def load_model_variables(path: str, model, info, expect_model: dict | None = Non
   """The variables a user means by `path`, for `model` on data `info`:
 
   - a PyTorch state_dict file (`.pth`/`.pt`/`.safetensors`), read without
-    running code from it (`rift_jax.convert`);
+    running code from it (`rift_jax.models.convert`);
   - a `launch.train` workdir (its best-by-validation checkpoint);
   - a variables folder (`save_variables`), e.g. a pipeline's θ_FT.
 
   Returns (variables, the path read).
   """
-  from rift_jax import convert, workdir
+  from rift_jax import workdir
+  from rift_jax.models import convert
   path = os.path.expanduser(str(path))
   if is_torch_file(path):
     return convert.import_checkpoint(path, model, info.image_shape), path
