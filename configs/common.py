@@ -7,6 +7,8 @@ return `config.lock()`ed ConfigDicts, so a misspelt override
 """
 import ml_collections
 
+from rift_jax.data.datasets import DEBIAN_FASHION_MNIST
+
 
 def pgd(epsilon, step_size, num_steps, restarts=1, **kw):
   c = ml_collections.ConfigDict(dict(
@@ -39,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
       name="cifar10", source="tfds", data_dir="~/tensorflow_datasets",
-      debian_dir="/usr/share/datasets/fashion-mnist", val_size=1000,
+      debian_dir=DEBIAN_FASHION_MNIST, val_size=1000,
       train_size=0, test_size=0, split_seed=0))
   # conv_impl: input-gradient rule of the convolutions (rift_jax/models/conv.py):
   # auto = phase decomposition on CPU, XLA's own on GPU/TPU | phase | xla.
@@ -69,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
       lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False, batch_size=128,
       epochs=110, schedule="piecewise", lr_decay_epochs=(100, 105),
       lr_decay_factor=0.1,
-      # schedule='slow_start_fast_decay' (AFT, rift_jax/aft.py) only:
+      # schedule='slow_start_fast_decay' (AFT, rift_jax/training/schedules.py) only:
       warmup_epochs=0.0, start_lr_factor=0.0, decay_shape="linear",
       end_lr_factor=0.0))
   # Method blocks (docs/algorithms.md; rift_jax/training/objectives.py, cure.py).

@@ -28,7 +28,7 @@ quickstart's for every method; TRADES' KL attack, MART's CE attack and
 CURE's attack share the quickstart's ε, step and number of steps.
 
 AFT: PGD-AT fine-tuning of the natural run for half the epochs of PGD-AT,
-schedule 'slow_start_fast_decay' (rift_jax/aft.py) with peak lr = 0.05, no
+schedule 'slow_start_fast_decay' (rift_jax/training/schedules.py) with peak lr = 0.05, no
 warm-up and a cosine fall to 0. Measured (`aft,fast`: 2 epochs = 46 steps
 from the natural run, validation clean / PGD-10 %, 500 images, ±2.2 pp):
   constant lr 0.05                           59.4 / 47.6

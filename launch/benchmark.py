@@ -172,11 +172,10 @@ FLAGS = flags.FLAGS
 PHASES = ("base", "mrc", "autoattack")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The committed robust model (tests/fixtures/README.md): a data file, read
-# as any checkpoint; and Debian's Fashion-MNIST IDX files.
+# as any checkpoint.
 FIXTURE = os.path.join(REPO, "tests", "fixtures",
                        "fmnist_resnet18_w4_pgdat.safetensors")
 FIXTURE_WIDTH = 4
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_EPSILON, FMNIST_STEP = 0.1, 0.025   # configs/quickstart.py's threat model
 
 EPSILON, STEP_SIZE = 8 / 255, 2 / 255
@@ -498,13 +497,14 @@ def fmnist_test(n: int):
   import numpy as np
   from rift_jax import data
   from rift_jax.errors import UserError
-  images = os.path.join(FMNIST_DIR, "t10k-images-idx3-ubyte.gz")
+  images = os.path.join(data.DEBIAN_FASHION_MNIST, "t10k-images-idx3-ubyte.gz")
   if not os.path.exists(images):
     raise UserError(f"Fashion-MNIST not found at {images} (apt-get install "
                     "dataset-fashion-mnist); the mrc and autoattack phases "
                     "need it")
   x = data.read_idx(images)[:n, :, :, None]
-  y = data.read_idx(os.path.join(FMNIST_DIR, "t10k-labels-idx1-ubyte.gz"))[:n]
+  y = data.read_idx(os.path.join(data.DEBIAN_FASHION_MNIST,
+                                 "t10k-labels-idx1-ubyte.gz"))[:n]
   return data.Split(x, y.astype(np.int32))
 
 

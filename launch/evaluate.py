@@ -21,8 +21,6 @@ from launch import common
 common.define_config_flags("configs/evaluate.py")
 flags.DEFINE_string("checkpoint", None, "PyTorch file, train workdir or "
                     "variables folder.")
-flags.DEFINE_string("torch_checkpoint", None, "Same as --checkpoint (kept for "
-                    "old command lines).")
 FLAGS = common.FLAGS
 
 
@@ -31,13 +29,10 @@ def main():
   from rift_jax.evaluation import records, suite
   from rift_jax.experiments import validation
   from rift_jax.models import checkpoint
-  from rift_jax.errors import UserError
   common.maybe_initialize_distributed()
   config = FLAGS.config
   validation.validate_evaluate(config)
-  if FLAGS.checkpoint and FLAGS.torch_checkpoint:
-    raise UserError("give one of --checkpoint and --torch_checkpoint")
-  path = FLAGS.checkpoint or FLAGS.torch_checkpoint
+  path = FLAGS.checkpoint
   validation.check_checkpoint(config, path)
   # Created (and probed for writing) before any work: results are never lost.
   out = workdir.prepare(common.workdir_flag("the results"))

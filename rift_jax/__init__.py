@@ -23,7 +23,9 @@ x86 machines we measured ran ResNet convolutions at half the speed
 (`launch/benchmark.py`; PGD-10 on ResNet-18, batch 128: 25.7 s -> 17.4 s).
 The flag is set only for jaxlib versions it was measured on (an unknown flag
 aborts XLA), never over a value the user put in XLA_FLAGS, and not at all
-with RIFT_JAX_XLA_DEFAULTS=0.
+with RIFT_JAX_XLA_DEFAULTS=0. XLA reads its flags once, when JAX first
+creates the CPU backend: import rift_jax before running any JAX computation
+(importing JAX first is fine).
 """
 import os as _os
 
@@ -44,16 +46,6 @@ def _set_xla_cpu_defaults() -> None:
     return
   if version not in _MEASURED_JAXLIB:
     return
-  import sys
-  if "jax" in sys.modules:
-    from jax._src import xla_bridge
-    if xla_bridge.backends_are_initialized():
-      import warnings
-      warnings.warn("rift_jax imported after JAX started its backends: XLA:CPU "
-                    f"keeps its YNNPACK convolutions (slower on CPU); import "
-                    f"rift_jax first or set XLA_FLAGS={_YNN_FLAG}="
-                    "-individual_convolution", stacklevel=3)
-      return
   _os.environ["XLA_FLAGS"] = f"{flags} {_YNN_FLAG}=-individual_convolution".strip()
 
 

@@ -18,11 +18,6 @@ class NonFiniteLoss(RuntimeError):
   (`launch/` scripts exit with code 3)."""
 
 
-def require(condition: bool, message: str) -> None:
-  if not condition:
-    raise UserError(message)
-
-
 def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
   allowed = list(allowed)
   if value not in allowed:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rift_jax.data.datasets import DEBIAN_FASHION_MNIST
 from rift_jax.models.torch_models import ResNet18
 
 MEAN, STD = (0.2860,), (0.3530,)
@@ -49,7 +50,7 @@ def pgd(model, x, y, eps, step, steps):
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True)
-  p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+  p.add_argument("--data", default=DEBIAN_FASHION_MNIST)
   p.add_argument("--train", type=int, default=10000)
   p.add_argument("--epochs", type=int, default=4)
   p.add_argument("--width", type=int, default=8)

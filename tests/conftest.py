@@ -19,6 +19,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from rift_jax import data, models  # noqa: E402
+from rift_jax.data.datasets import DEBIAN_FASHION_MNIST  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +45,7 @@ def run_cli(*args, timeout=300):
 
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "fmnist_resnet18_w4_pgdat.safetensors")
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FMNIST_DIR = DEBIAN_FASHION_MNIST
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +102,19 @@ def torch_robust_accuracy(r, attack, split=None) -> float:
     with torch.no_grad():
       robust.append(((r.tm(xa).argmax(1) == yb) & (r.tm(xb).argmax(1) == yb)).numpy())
   return 100.0 * np.concatenate(robust).mean()
+
+
+def randomize_bn(model, seed: int = 0):
+  """Random BN affine parameters and running statistics of a PyTorch model
+  (so a conversion that drops or swaps them shows up in the logits)."""
+  import torch
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+        m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+        m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+        m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+        m.num_batches_tracked.fill_(7)
+  return model

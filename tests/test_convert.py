@@ -16,6 +16,7 @@ torch = pytest.importorskip(
     "torch", reason="torch is not installed (pip install .[torch]); the "
     "PyTorch cross-checks need it")
 from rift_jax.models import torch_models  # noqa: E402
+from tests.conftest import randomize_bn  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 # (our name, width, input shape); small widths, the real depths where cheap.
@@ -35,7 +36,7 @@ def _pair(name, width, shape, seed=0, **kw):
   mean, std = (MEAN, STD) if c == 3 else ((0.3,), (0.35,))
   tm = torch_models.build(name, num_classes=10, width=width, in_channels=c,
                              mean=mean, std=std, **kw)
-  torch_models.randomize_bn(tm, seed)
+  randomize_bn(tm, seed)
   tm.eval()
   model = models.create_model(name, num_classes=10, width=width, mean=mean,
                               std=std)
@@ -204,7 +205,7 @@ def test_files_prefixes_wrappers_and_errors(tmp_path):
   torch.manual_seed(0)
   tm = torch_models.WRN34_10(num_classes=10, width=width, mean=MEAN, std=STD,
                                 sub_block1=True)  # TRADES' unused block
-  torch_models.randomize_bn(tm, 1)
+  randomize_bn(tm, 1)
   tm.eval()
   model = models.create_model(name, num_classes=10, width=width, mean=MEAN,
                               std=STD)

@@ -44,13 +44,13 @@ def test_ascent_step_matches_hand_computed_gradient():
   mask = criticality._scalar_mask(variables["params"], "fc2")
   zeros = jax.tree_util.tree_map(jnp.zeros_like, variables["params"])
   w = jnp.ones(2)
-  delta = criticality.ascent_step(fns, variables, zeros, mask, x, y, w,
+  delta = criticality.weight_ascent_step(fns, variables, zeros, mask, x, y, w,
                           learning_rate=0.5, epsilon=10.0, project=False)
   np.testing.assert_allclose(delta["fc2"]["kernel"], 0.5 * g2, rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(delta["fc1"]["kernel"], 0.0)  # only fc2 moves
   # Projected: Δ scaled onto the sphere of radius ε‖W2‖ when it is outside.
   eps = 0.01
-  proj = criticality.ascent_step(fns, variables, zeros, mask, x, y, w,
+  proj = criticality.weight_ascent_step(fns, variables, zeros, mask, x, y, w,
                          learning_rate=0.5, epsilon=eps, project=True)
   expect = 0.5 * g2 * min(1.0, eps * np.linalg.norm(w2) / np.linalg.norm(0.5 * g2))
   np.testing.assert_allclose(proj["fc2"]["kernel"], expect, rtol=1e-5)
@@ -62,7 +62,7 @@ def test_constraint_holds_after_every_step():
   mask = criticality._scalar_mask(variables["params"], "fc1")
   delta = jax.tree_util.tree_map(jnp.zeros_like, variables["params"])
   for _ in range(5):
-    delta = criticality.ascent_step(fns, variables, delta, mask, x, y, jnp.ones(2),
+    delta = criticality.weight_ascent_step(fns, variables, delta, mask, x, y, jnp.ones(2),
                             learning_rate=100.0, epsilon=0.1, project=True)
     d, wn = criticality.masked_norms(variables["params"], delta, mask)
     assert float(d) <= 0.1 * float(wn) * (1 + 1e-5)

@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip "
 
 from rift_jax import data, models  # noqa: E402
 from rift_jax.experiments import pipeline  # noqa: E402
-from rift_jax.models import checkpoint, convert, torch_models  # noqa: E402
+from rift_jax.models import checkpoint, torch_models  # noqa: E402
 from rift_jax.rift import interpolation  # noqa: E402
-from tests.conftest import run_cli  # noqa: E402
+from tests.conftest import randomize_bn, run_cli  # noqa: E402
 from tests.configs import tiny  # noqa: E402
 
 INFO = data.INFO["synthetic"]   # 16x16x1, 4 classes
@@ -23,7 +23,7 @@ def _user_model(seed=0, mean=INFO.mean, std=INFO.std):
   torch.manual_seed(seed)
   tm = torch_models.ResNet18(num_classes=4, width=2, in_channels=1, mean=mean,
                              std=std)
-  torch_models.randomize_bn(tm, seed)
+  randomize_bn(tm, seed)
   return tm.eval()
 
 

@@ -77,5 +77,7 @@ def test_a_valid_config_passes_and_evaluate_block_is_checked():
   with pytest.raises(UserError, match="evaluate.suite entry='fgsm'"):
     validation.validate_evaluate(c)
   c.evaluate.suite = "clean,ood"
-  c.evaluate.ood.source = "generate"  # the old spelling is still read
   assert validation.validate_evaluate(c) == ["clean", "ood"]
+  c.evaluate.ood.source = "generate"
+  with pytest.raises(UserError, match="source='generate' is not allowed"):
+    validation.validate_evaluate(c)

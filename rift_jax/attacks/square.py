@@ -461,23 +461,6 @@ def square_pieces(logits_fn_of: Callable, cfg: SquareConfig,
   return run
 
 
-def square_trace(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
-                 y: jax.Array, rng: jax.Array, cfg: SquareConfig,
-                 num_steps: int) -> jax.Array:
-  """The best margin after each of the first `num_steps` iterations
-  `[num_steps + 1, batch]` (row 0: the initial point), for inspecting the
-  search: a `lax.scan` of the same `square_step` (no early exit)."""
-  state = square_init(logits_fn, x, y, rng, cfg)
-
-  def body(s, _):
-    s = square_step(logits_fn, x, y, rng, cfg, s)
-    return s, s["margin"]
-
-  _, margins = jax.lax.scan(body, state, None,
-                            length=min(num_steps, cfg.num_queries))
-  return jnp.concatenate([state["margin"][None], margins])
-
-
 def square(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
            y: jax.Array, rng: jax.Array, cfg: SquareConfig) -> jax.Array:
   """All restarts inside one traced function: `x_adv` `[batch, H, W, C]`,

@@ -340,17 +340,10 @@ def load_tiny_imagenet_c(root: str, names: str | Sequence[str] = "standard",
 
 # ------------------------------------------------------- one OOD loader
 SOURCES = ("generated", "cifar10_c", "cifar100_c", "tiny_imagenet_c")
-_OLD_SPELLINGS = {"generate": "generated"}
 
 
 def canonical_source(source: str, name: str = "ood.source") -> str:
-  """The source's one spelling; the old 'generate' is accepted with a note."""
-  if source in _OLD_SPELLINGS:
-    new = _OLD_SPELLINGS[source]
-    import sys
-    print(f"note: {name}={source!r} is the old spelling of {new!r}; "
-          f"read as {new!r}", file=sys.stderr)
-    return new
+  """`source`, checked against SOURCES."""
   check_choice(name, source, SOURCES)
   return source
 

@@ -43,7 +43,6 @@ class Attack:
 
 
 VERSIONS = ("standard", "plus", "rand")
-ATTACK_NAMES = ("apgd_ce", "apgd_dlr", "apgd_t", "fab", "fab_t", "square")
 # AutoAttack's versions (fra31/auto-attack, autoattack.py `set_version`):
 # the attacks in order and their restarts.
 _VERSION_ATTACKS = {
@@ -99,12 +98,6 @@ def autoattack_suite(version: str = "standard", epsilon: float = 8 / 255,
                                 **kw).validate(f"{prefix}.{name}")
     out.append(Attack(name, cfg))
   return out
-
-
-def standard_attacks(epsilon: float = 8 / 255, norm: str = "linf",
-                     **kw) -> list[Attack]:
-  """AutoAttack's standard version: APGD-CE → APGD-T → FAB-T → Square."""
-  return autoattack_suite("standard", epsilon, norm, **kw)
 
 
 def _compiled_run(fns, cfg, restarts: int) -> Callable:

@@ -48,7 +48,7 @@ def paired(a: dict, b: dict, seed: int = 0, margin: float | None = None) -> dict
   """Model b vs model a on the same test images: Δ in pp with a 95 %
   paired-bootstrap interval over images, and a p-value.
 
-  Records (`test_records`) hold bool `[n]` per key for one run, or `[seeds,
+  Records (`pipeline.records_on_test`) hold bool `[n]` per key for one run, or `[seeds,
   n]` for a study's seeds pooled: the same images in every seed, so images
   are resampled with all their seeds' outcomes kept together (a cluster
   bootstrap, `rift_jax.evaluation.stats`). p: exact McNemar for one run's clean/adv; a

@@ -11,13 +11,10 @@ import glob
 import json
 import os
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from rift_jax import workdir as wd  # noqa: E402
+from rift_jax import workdir as wd
 from rift_jax.evaluation import stats
 
 
@@ -88,7 +85,8 @@ def curve_band(curve: list[dict], per_example: dict, num_resamples: int = 2000
 def plot_interpolation(results: dict, path: str) -> None:
   curve, band = results["interpolation"], results.get("interpolation_band")
   a = [c["alpha"] for c in curve]
-  fig, ax = plt.subplots(figsize=(5.5, 4))
+  fig = Figure(figsize=(5.5, 4))
+  ax = fig.subplots()
   ax.plot(a, [c["clean"] for c in curve], "o-", label="clean (val)")
   ax.set_xlabel("α   (θ = (1−α)·θ_AT + α·θ_FT)")
   ax.set_ylabel("clean accuracy (%)")
@@ -108,8 +106,7 @@ def plot_interpolation(results: dict, path: str) -> None:
   ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower left", fontsize=7)
   ax.set_title(f"Interpolation (validation), chosen α = {results['alpha']:.1f}")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  wd.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def plot_mrc(results: dict, path: str) -> None:
@@ -117,7 +114,8 @@ def plot_mrc(results: dict, path: str) -> None:
   names = list(results["mrc"])
   mrc = [max(results["mrc"][n]["mrc"], 1e-6) for n in names]
   drop = [results["mrc"][n]["adv_acc_drop"] for n in names]
-  fig, ax = plt.subplots(figsize=(max(6, 0.42 * len(names)), 4))
+  fig = Figure(figsize=(max(6, 0.42 * len(names)), 4))
+  ax = fig.subplots()
   colors = ["tab:red" if n in results["modules"] else "tab:blue" for n in names]
   ax.bar(range(len(names)), mrc, color=colors)
   ax.set_yscale("log")
@@ -129,8 +127,7 @@ def plot_mrc(results: dict, path: str) -> None:
   ax2.legend(loc="upper left", fontsize=8)
   ax.set_title("Module robust criticality (red: fine-tuned module)")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  wd.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 # ------------------------------------------------------------- report.md

@@ -236,7 +236,7 @@ def stage_bn_swap(config, workdir, fns, theta_at, theta_star, dataset, ood_test,
                                "batch_stats": theta_at["batch_stats"]}}
   ood_sets = ood_test()
   with timer.stage("bn_swap"):
-    rec = {name: test_records(config, fns, v, dataset, ood_sets, mesh, name)
+    rec = {name: records_on_test(config, fns, v, dataset, ood_sets, mesh, name)
            for name, v in swapped.items()}
   records.save(_path(workdir, "bn_swap_records.npz"), records.flatten(rec))
   at = records.of_model(records.load(_path(workdir, "records.npz")), "at")
@@ -249,7 +249,7 @@ def stage_bn_swap(config, workdir, fns, theta_at, theta_star, dataset, ood_test,
   return out
 
 
-def test_records(config, fns, variables, dataset, ood_sets, mesh, tag) -> dict:
+def records_on_test(config, fns, variables, dataset, ood_sets, mesh, tag) -> dict:
   """Per-example test correctness: {'clean', 'adv', 'ood/<c>/<s>'}: bool [n]."""
   attack = attacks.PGDConfig.from_config(config.rift.test_attack,
                                          "rift.test_attack")
@@ -268,18 +268,12 @@ def test_records(config, fns, variables, dataset, ood_sets, mesh, tag) -> dict:
 
 
 # ------------------------------------------------------------------ driver
-# Keys added to the model / data blocks after runs were first written, at
-# the value that reproduces those runs: a workdir written before the key
-# existed resumes under the default.
-_ADDED_DEFAULTS = {"model": {"compute_dtype": "float32"}, "data": {}}
-
-
 def _check_same_run(old: dict, config, workdir: str) -> None:
   """A workdir resumes only under the model and data it was started with."""
   for block in ("model", "data"):
     # As JSON reads them back (tuples become lists).
     new = json.loads(json.dumps(config[block].to_dict()))
-    was = {**_ADDED_DEFAULTS[block], **old.get(block, {})}
+    was = old.get(block, {})
     for key in sorted(set(new) | set(was)):
       if new.get(key) != was.get(key):
         raise UserError(
@@ -383,13 +377,13 @@ def stage_test(config, workdir, fns, theta_at, main, ablations, scores,
     if os.path.exists(at_path):
       at_rec = records.load(at_path)
     else:
-      at_rec = test_records(config, fns, theta_at, dataset, ood_sets, mesh, "θ_AT")
+      at_rec = records_on_test(config, fns, theta_at, dataset, ood_sets, mesh, "θ_AT")
       records.save(at_path, at_rec)
     rec = {"at": at_rec,
-           "rift": test_records(config, fns, main["theta_star"], dataset,
+           "rift": records_on_test(config, fns, main["theta_star"], dataset,
                                 ood_sets, mesh, "θ*")}
     for name, a in ablations.items():
-      rec[name] = test_records(config, fns, a["theta_star"], dataset, ood_sets,
+      rec[name] = records_on_test(config, fns, a["theta_star"], dataset, ood_sets,
                                mesh, name)
   records.save(_path(workdir, "records.npz"), records.flatten(rec))
   results = build_results(config, rec, scores, main, ablations, at_source,

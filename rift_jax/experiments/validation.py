@@ -151,7 +151,7 @@ def check_installed(config) -> None:
   2) before θ_AT is trained, not a traceback at minute 14."""
   needs = [("safetensors.numpy", "safetensors",
             "the θ* export, theta_star.safetensors"),
-           ("matplotlib.pyplot", "matplotlib",
+           ("matplotlib.figure", "matplotlib",
             "the report's plots, mrc.png and interpolation.png"),
            ("scipy.stats", "scipy", "the paired statistics in results.json")]
   if config.data.name != "synthetic":

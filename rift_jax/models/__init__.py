@@ -10,7 +10,7 @@ import importlib as _importlib
 
 _CORE = "rift_jax.models.zoo"
 # What a config names (`build`) is forwarded too.
-_BUILD = ['NORMALIZATIONS', 'build_model', 'model_meta', 'normalization']
+_BUILD = ['build_model', 'model_meta', 'normalization']
 __all__ = ['BasicBlock', 'COMPUTE_DTYPES', 'DMBlock', 'DMPreActBlock', 'DMPreActResNet', 'DMWideResNet', 'HEADS', 'MODEL_NAMES', 'ModelFns', 'PreActBlock', 'ResNet', 'STAGE_SIZES', 'STEMS', 'SmallCNN', 'WideBasic', 'WideResNet', 'check_name', 'compute_dtype', 'create_model', 'flax_name', 'get_path', 'init_variables', 'module_mask', 'path_to_name', 'perturbable_modules', 'resolve_modules', 'set_path'] + _BUILD
 
 

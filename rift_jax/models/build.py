@@ -17,7 +17,6 @@ from typing import Sequence
 from rift_jax import data, models
 from rift_jax.errors import UserError
 
-NORMALIZATIONS = ("dataset", "none")
 
 
 def normalization(config, info: data.DatasetInfo

@@ -96,10 +96,6 @@ class Layout:
     stripped = [k[:len(k) - len(self.names[k])] for k in self.keys]
     return stripped[0] if stripped and len(set(stripped)) == 1 else ""
 
-  @property
-  def variable_keys(self) -> tuple[str, ...]:
-    return tuple(k for k in self.keys if k not in self.extras)
-
 
 def _strip(key: str) -> str:
   changed = True

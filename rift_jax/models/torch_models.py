@@ -342,18 +342,3 @@ def build(name, **kw):
 BUILDERS = {"resnet18": ResNet18, "resnet34": ResNet34,
             "preact_resnet18": PreActResNet18,
             "wong_preact_resnet18": WongPreActResNet18, "wrn34_10": WRN34_10}
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-  """Random BN affine parameters and running statistics (so a conversion that
-  drops or swaps them shows up in the logits)."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, nn.BatchNorm2d):
-        m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-        m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-        m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-        m.num_batches_tracked.fill_(7)
-  return model

@@ -125,7 +125,7 @@ def _batch_loss(fns, variables, delta, mask, x, y, w):
   return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def ascent_step(fns, variables, delta, mask, x, y, w, *, learning_rate,
+def weight_ascent_step(fns, variables, delta, mask, x, y, w, *, learning_rate,
                 epsilon, project: bool):
   """One SGD ascent step on Δ (only module i moves); optionally projected."""
   grad = jax.grad(_batch_loss, argnums=2)(fns, variables, delta, mask, x, y, w)
@@ -145,7 +145,7 @@ class _MaskRoute:
     self.params, self.vmapped = params, vmapped
 
     def step_fn(v, d, m, x, y, w):
-      return ascent_step(fns, v, d, m, x, y, w, learning_rate=lr, epsilon=eps,
+      return weight_ascent_step(fns, v, d, m, x, y, w, learning_rate=lr, epsilon=eps,
                          project=per_step)
 
     def rel_fn(v, d, m):
