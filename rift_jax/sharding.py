@@ -14,6 +14,7 @@ batch.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import jax
@@ -21,6 +22,22 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rift_jax.errors import UserError
+
+
+ACCELERATOR_PATHS_ENV = "RIFT_JAX_ACCELERATOR_PATHS"
+
+
+def cpu_paths() -> bool:
+  """Whether to take the code paths chosen for XLA:CPU (fully unrolled
+  attack loops run in host-looped pieces, the phase-decomposed convolution
+  input gradient, one α at a time) instead of those chosen for GPU/TPU
+  (rolled loops in one program, XLA's own convolution gradients, α vmapped).
+  True on the CPU backend unless RIFT_JAX_ACCELERATOR_PATHS=1, which makes a
+  CPU run take the accelerator paths — so tests on a CPU exercise what GPU
+  and TPU users run."""
+  if os.environ.get(ACCELERATOR_PATHS_ENV, "0") == "1":
+    return False
+  return jax.default_backend() == "cpu"
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -37,9 +37,11 @@ def tiny_cnn():
   return model, variables
 
 
-def run_cli(*args, timeout=300):
-  """Runs `python -m <args>` from the repo root; returns CompletedProcess."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+def run_cli(*args, timeout=300, env=None):
+  """Runs `python -m <args>` from the repo root (`env`: more environment
+  variables); returns CompletedProcess."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
+             **(env or {}))
   return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

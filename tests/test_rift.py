@@ -208,7 +208,12 @@ def test_select_alpha_on_hand_made_curves():
 def test_launch_rift_end_to_end_resume_and_ablations(tmp_path, monkeypatch):
   from tests.conftest import run_cli
   wd = str(tmp_path / "rift")
-  proc = run_cli("launch.rift", "--config=tests/configs/tiny.py", f"--workdir={wd}")
+  # The CLI run takes the code paths chosen for GPU/TPU (rolled attack
+  # loops, XLA's convolution gradients, α vmapped), so every `make test`
+  # exercises what accelerator users run; the in-process runs below take
+  # the CPU paths on the same θ_AT.
+  proc = run_cli("launch.rift", "--config=tests/configs/tiny.py", f"--workdir={wd}",
+                 env={"RIFT_JAX_ACCELERATOR_PATHS": "1"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "AT+RiFT" in proc.stdout and "Δ" in proc.stdout
   with open(os.path.join(wd, "results.json")) as f:
@@ -283,3 +288,20 @@ def test_launch_rift_end_to_end_resume_and_ablations(tmp_path, monkeypatch):
   assert abl["at"]["clean"] == pytest.approx(saved["at"]["clean"])
   with open(tmp_path / "abl" / "report.md") as f:
     assert "## Ablations" in f.read()
+
+
+def test_accelerator_paths_switch(monkeypatch):
+  """RIFT_JAX_ACCELERATOR_PATHS=1 makes every 'auto' choice on a CPU the one
+  made for GPU/TPU."""
+  from rift_jax import attacks, sharding
+  from rift_jax.models import conv
+  monkeypatch.delenv(sharding.ACCELERATOR_PATHS_ENV, raising=False)
+  assert sharding.cpu_paths()
+  assert (attacks.resolve_unroll("auto"), attacks.resolve_per_call("auto"),
+          conv.resolve_impl("auto"), interpolation.auto_chunk(11)) == (
+              True, attacks.CPU_STEPS_PER_CALL, "phase", 1)
+  monkeypatch.setenv(sharding.ACCELERATOR_PATHS_ENV, "1")
+  assert not sharding.cpu_paths()
+  assert (attacks.resolve_unroll("auto"), attacks.resolve_per_call("auto"),
+          conv.resolve_impl("auto"), interpolation.auto_chunk(11)) == (
+              False, 0, "xla", 4)

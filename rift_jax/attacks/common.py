@@ -24,6 +24,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from rift_jax import sharding
 from rift_jax.errors import UserError, check_choice, check_range
 
 NORMS = ("linf", "l2")
@@ -148,7 +149,7 @@ def random_init(rng: jax.Array, x: jax.Array, epsilon: float, norm: str,
 def resolve_unroll(unroll) -> bool | int:
   """'auto' -> fully unrolled on CPU, rolled elsewhere; bools/ints pass through."""
   if unroll == "auto":
-    return jax.default_backend() == "cpu"
+    return sharding.cpu_paths()
   return unroll
 
 
@@ -179,7 +180,7 @@ def resolve_per_call(per_call, cpu_value: int = CPU_STEPS_PER_CALL) -> int:
   """Steps (or queries) per compiled program: 'auto' -> `cpu_value` on CPU,
   0 (one program) elsewhere; integers pass through."""
   if per_call == "auto":
-    return cpu_value if jax.default_backend() == "cpu" else 0
+    return cpu_value if sharding.cpu_paths() else 0
   return int(per_call)
 
 

@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rift_jax import sharding
 from rift_jax.errors import check_choice
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -79,10 +80,10 @@ IMPLS = ("auto", "phase", "xla")
 
 
 def resolve_impl(impl: str) -> str:
-  """'auto' -> 'phase' on CPU, 'xla' on GPU/TPU."""
+  """'auto' -> 'phase' on CPU, 'xla' on GPU/TPU (`sharding.cpu_paths`)."""
   check_choice("conv impl", impl, IMPLS)
   if impl == "auto":
-    return "phase" if jax.default_backend() == "cpu" else "xla"
+    return "phase" if sharding.cpu_paths() else "xla"
   return impl
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rift_jax import data, evaluation, models
+from rift_jax import data, evaluation, models, sharding
 from rift_jax.errors import UserError, check_choice, check_range
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -58,7 +58,7 @@ def auto_chunk(num_alphas: int) -> int:
   the quickstart demo); GPUs/TPUs batch it well. So: 1 on CPU, all α (up to
   4 at a time, to bound memory) elsewhere.
   """
-  return 1 if jax.default_backend() == "cpu" else min(num_alphas, 4)
+  return 1 if sharding.cpu_paths() else min(num_alphas, 4)
 
 
 def evaluate_alphas(fns: models.ModelFns, theta_at, theta_ft,
