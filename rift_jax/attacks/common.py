@@ -153,18 +153,8 @@ def resolve_unroll(unroll) -> bool | int:
   return unroll
 
 
-# Loop form of the evaluation attacks on XLA:CPU, measured 2026-12-01
-# (ResNet-18 width 8, 28x28x1, jax 0.10.2, 2 cores, quiet). APGD-CE, batch
-# 500: a rolled loop (or one unrolled by a factor, 5) runs 1.19-1.23 s per
-# step, because the convolutions inside a while-loop body miss XLA:CPU's
-# fast library path; a fully unrolled loop runs 0.30-0.33 s per step but
-# its compile time grows with the steps (20 steps 14.8 s, 50 steps 42 s;
-# 100 steps did not finish compiling in 7 min on a shared machine). FAB-T,
-# batch 200: rolled 0.67 s per step, unrolled 0.26 s. So on CPU
-# `autoattack.run_suite` runs APGD and FAB as a host loop over one compiled,
-# fully unrolled program of this many steps (compiled once per attack and
-# batch shape, in seconds), at the unrolled speed; on GPU/TPU the whole
-# rolled loop is one program.
+# Steps per compiled program of APGD / FAB on XLA:CPU (a host loop over
+# unrolled pieces; docs/performance.md has the measurements).
 CPU_STEPS_PER_CALL = 10
 
 

@@ -44,23 +44,10 @@ Cost per iteration: one forward + one backward per class (untargeted; the
 Jacobian of all logits, as `jax.vmap` over vector-Jacobian products) or one
 backward (FAB-T), plus one forward for the adversarial test.
 
-Loop form. Measured 2026-12-01 on XLA:CPU (quiet, 2 cores, jax 0.10.2,
-ResNet-18 width 8, 28x28x1, batch 200, FAB-T): 0.67 s per step in a rolled
-loop, 0.26 s in a 10-step unrolled program (the convolutions of the
-gradient and check passes miss XLA:CPU's fast library path inside a loop
-body, as for APGD: `attacks.CPU_STEPS_PER_CALL`). So `autoattack.run_suite`
-runs FAB on CPU as a host loop over one compiled 10-step unrolled program
-(`FABConfig.steps_per_call`); `fab_search` / `fab` traced inside a caller's
-jit keep one loop (`unroll`, 'auto' = rolled, whose compile time does not
-grow with the steps). (An earlier note here found no gain from unrolling;
-its A/B compared `unroll=1` with `unroll=True`, which compare equal as
-dataclass fields, so a cached program may have served both.)
-
-Speed against torchattacks 3.5.1 (PyTorch eager, 2 threads), same machine
-and load, the 126 clean-correct images of the first 250 test images (ours
-padded to a batch of 150): FAB-T, one target, 20 steps: ours 8.9-9.7 s
-(13-14 images/s; + 13 s compile once), torchattacks 14.4-21.6 s (6-9
-images/s).
+Loop form: on CPU `autoattack.run_suite` runs FAB as a host loop over one
+compiled unrolled program of `FABConfig.steps_per_call` steps; `fab_search`
+/ `fab` traced inside a caller's jit keep one rolled loop (`unroll`).
+Measurements, and the speed against torchattacks: docs/performance.md.
 """
 from __future__ import annotations
 
@@ -199,7 +186,7 @@ class FABConfig:
 
 def resolve_unroll(unroll) -> bool | int:
   """'auto' -> 1 (a rolled loop) on every backend: measured on XLA:CPU,
-  unrolling did not run faster and compiled slower (module docstring); on
+  unrolling a whole search compiles slower (docs/performance.md); on
   GPU/TPU a rolled loop is the usual choice. Bools and ints pass through."""
   return 1 if unroll == "auto" else unroll
 

@@ -35,15 +35,7 @@ loop body serves every side. Broken examples are not queried again
 (masked: the update is discarded and the per-example query count, returned
 by `square_run`, stops).
 
-Measured 2026-11 on XLA:CPU (2 cores shared with other jobs, jax 0.10.2),
-the torchattacks cross-check model (ResNet-18 width 4, 28x28x1): a query
-inside the while loop costs what a standalone jitted forward does (batch
-250: 0.14-0.35 s vs 0.16-0.28 s per call over three runs), compile 5-14 s.
-Against torchattacks 3.5.1 (PyTorch eager, 2 threads) on the 126
-clean-correct images of the first 250 test images, L∞ ε = 0.1, 200
-queries: ours 16.6-18.7 s (7 images/s; every query evaluates the whole
-padded batch of 150), torchattacks 16.9-20.6 s (6-7 images/s; it evaluates
-only the unbroken images).
+Loop form and speed against torchattacks: docs/performance.md.
 
 Facts checked against the authors' code (fra31/auto-attack, square.py):
 5,000 queries after the initial one, p_init = 0.8, candidates kept on a
@@ -114,14 +106,8 @@ class SquareConfig:
     return self
 
 
-# Loop form on XLA:CPU, measured 2026-12-01 (ResNet-18 width 8, 28x28x1,
-# batch 500, jax 0.10.2, 2 cores, quiet): a query inside a compiled
-# while/fori loop 165 ms, in straight-line (unrolled) code 121 ms — the
-# forward pass's convolutions miss XLA:CPU's fast library path inside a
-# loop body (as APGD's and FAB's, `attacks.CPU_STEPS_PER_CALL`). So on CPU the
-# suite runs Square as a host loop over unrolled programs of this many
-# queries.
-# (`attacks.resolve_per_call(cfg.queries_per_call, CPU_QUERIES_PER_CALL)`.)
+# Queries per compiled program on XLA:CPU (a host loop over unrolled
+# pieces; docs/performance.md).
 CPU_QUERIES_PER_CALL = 20
 
 

@@ -44,16 +44,7 @@ adds nothing across phases. The kernel gradient comes back in the compute
 dtype and the cast's transpose makes it float32 at the param. In float32 every
 cast is a no-op: the float32 program is the one without this feature.
 
-Tried and left out (2026-11-22): a BatchNorm with a closed-form backward was
-1.5-2x faster than `flax.linen.BatchNorm` alone (train-mode forward + backward
-over 128x32x32x64: 24 vs 44 ms) but changed nothing inside the compiled
-PGD-AT step of ResNet-18 (22.38 vs 22.40 s, A/B in one process).
-(2026-12-01) Kernel gradients as k*k per-tap matmuls over strided views of
-the padded input: 1.3-7x faster than XLA's rule per layer in isolation
-(layer1 3x3: 283 vs 362 ms, 1x1 stride 2: 9 vs 69 ms, batch 128) but slower
-inside ResNet-18's fwd+bwd: 4.1 vs 2.8-3.5 s for all kernels, 2.9 vs 2.7-2.8 s
-for the 1x1 ones only (the views are materialised copies that compete for
-memory bandwidth with everything else in the program).
+Rewrites that were measured and left out are in docs/performance.md.
 
 Layouts are NHWC inputs and HWIO kernels, square kernels and strides, the
 same padding on every side (what the models use: PyTorch's `padding=k//2`).
