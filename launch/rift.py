@@ -16,9 +16,8 @@ FLAGS = common.FLAGS
 
 def main():
   from rift_jax.evaluation import report
-  from rift_jax.experiments import pipeline, validation
+  from rift_jax.experiments import pipeline
   common.maybe_initialize_distributed()
-  validation.validate_rift(FLAGS.config)
   workdir = common.workdir_flag("all stage outputs")
   results = pipeline.run(FLAGS.config, workdir)
   at, rf, p = results["at"], results["rift"], results.get("paired", {})

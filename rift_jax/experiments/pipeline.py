@@ -281,9 +281,14 @@ def _check_same_run(old: dict, config, workdir: str) -> None:
             f"{was.get(key)!r}, not {new.get(key)!r}; use a new --workdir")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the whole pipeline; returns results.json's content."""
-  validation.validate_rift(config)
+def run(config: ml_collections.ConfigDict, workdir: str,
+        validated: bool = False) -> dict:
+  """Runs (or resumes) the whole pipeline; returns results.json's content.
+
+  Every config value is checked first (`validation.validate_rift`), unless
+  the caller already did (`validated`: a study checks its configs once)."""
+  if not validated:
+    validation.validate_rift(config)
   workdir = wd.prepare(workdir)
   cfg_path = _path(workdir, "rift_config.json")
   if os.path.exists(cfg_path):

@@ -152,7 +152,7 @@ def run_seed(config, workdir: str, seed: int, save=lambda: None) -> None:
   they finish)."""
   main = os.path.join(workdir, f"seed_{seed}")
   print(f"=== seed {seed} ===")
-  pipeline.run(seed_config(config, seed), main)
+  pipeline.run(seed_config(config, seed), main, validated=True)
   save()
   chosen = wd.read_json(os.path.join(main, "results.json"))["lr"]
   for name, vseeds in variant_seeds(config).items():
@@ -162,7 +162,7 @@ def run_seed(config, workdir: str, seed: int, save=lambda: None) -> None:
     vdir = os.path.join(main, "variants", name)
     _reuse(main, vdir, name in _SAME_FINETUNE)
     pipeline.run(variant_config(config, seed, name, os.path.join(main, "at"),
-                                lr=chosen), vdir)
+                                lr=chosen), vdir, validated=True)
     save()
   if seed in [int(s) for s in config.study.stability_seeds]:
     print(f"=== seed {seed}, MRC ranking stability ===")
