@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from rift_jax import attacks, data, evaluation, sharding
 from rift_jax.attacks import apgd, fab, square
+from rift_jax.evaluation import checks
 from rift_jax.errors import check_choice
 
 # ------------------------------------------------------------- the suite
@@ -269,6 +270,16 @@ def _compiled_logits(fns) -> Callable:
   return jax.jit(lambda v, x, y: fns.logits(v, x, train=False))
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_input_grad_norm(fns) -> Callable:
+  """Per example, the L1 norm of ∇_x CE(f(x), y) (`checks.zero_gradients`)."""
+  def norms(v, x, y):
+    g = jax.grad(lambda xx: jnp.sum(attacks.cross_entropy(
+        fns.logits(v, xx, train=False), y)))(x)
+    return jnp.sum(jnp.abs(g), axis=tuple(range(1, g.ndim)))
+  return jax.jit(norms)
+
+
 # Square breaking more than this many percentage points of the examples the
 # white-box attacks left standing signals gradient masking (as AutoAttack's
 # own check).
@@ -292,10 +303,11 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
     {'n', 'clean', 'robust': {attack name: robust accuracy (%) after it and
     all before it}, 'seconds': {attack name: wall seconds}, 'per_example':
     {'clean': bool [n], attack name: bool [n] robust after it},
-    'warnings': [text]} — warnings as AutoAttack's checks: the model's logits
-    differ between two identical calls (randomness: use the 'rand' version),
-    or Square (black-box) breaks more than 0.2 pp of the points the
-    white-box attacks left robust (a sign of gradient masking).
+    'warnings': [text]} — AutoAttack's checks (`rift_jax.evaluation.checks`,
+    on the first batch): randomness, outputs that are probabilities, zero
+    input gradients, more targets than classes; and Square (black-box)
+    breaking more than 0.2 pp of the points the white-box attacks left
+    robust (a sign of gradient masking).
   """
   import time
   mesh = mesh or sharding.make_mesh()
@@ -309,12 +321,12 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
                            mesh)
   a, b = (evaluation.per_example(_compiled_logits(fns), first, consts=(variables,))
           for _ in range(2))
-  if not np.array_equal(a, b):
-    out["warnings"].append(
-        "the model's logits differ between two identical calls (max "
-        f"difference {float(np.max(np.abs(a - b))):.3g}): it has randomness, "
-        "so use evaluation.autoattack.version='rand'")
   num_classes = int(a.shape[-1])
+  grad_norms = evaluation.per_example(_compiled_input_grad_norm(fns), first,
+                                      consts=(variables,))
+  out["warnings"] += [w for w in (checks.randomness(a, b), checks.range_output(a),
+                                  checks.zero_gradients(grad_norms)) if w]
+  out["warnings"] += checks.n_classes(suite, num_classes)
   white_box_survivors = None
   for k, attack in enumerate(suite):
     t0 = time.time()
