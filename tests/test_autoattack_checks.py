@@ -87,3 +87,24 @@ def test_run_suite_warns_about_too_many_targets():
                              batch_size=16, rng=jax.random.PRNGKey(1),
                              progress=False)
   assert any("only 4 possible" in t for t in res["warnings"]), res["warnings"]
+
+
+def test_run_suite_reports_the_cost_of_each_attack():
+  """Seconds, examples attacked (each run on the examples still robust) and
+  model passes from the attack's own count: APGD-T with 2 steps, 2 targets
+  on a 5-class model = (2 + 1) gradients a run, 2 runs."""
+  w = jax.random.normal(jax.random.PRNGKey(0), (16, 5))
+  cfg = apgd.APGDConfig(epsilon=0.0001, num_steps=2, loss="dlr_targeted",
+                        num_target_classes=2, unroll=False, steps_per_call=0)
+  res = autoattack.run_suite(_Linear(), {"w": w}, _split(),
+                             [autoattack.Attack("apgd_t", cfg)], batch_size=16,
+                             rng=jax.random.PRNGKey(1), progress=False)
+  c = res["cost"]["apgd_t"]
+  clean_right = int(round(res["clean"] * 16 / 100))
+  assert c["runs"] == 2
+  assert c["passes_per_example_run"] == {"grad": 3, "forward": 2}
+  # ε is tiny: nothing breaks, so both runs attack every clean-right example.
+  assert res["robust"]["apgd_t"] == res["clean"]
+  assert c["examples_attacked"] == 2 * clean_right
+  assert c["grad_passes"] == 3 * c["examples_attacked"]
+  assert c["images_per_s"] > 0

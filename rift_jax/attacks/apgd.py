@@ -96,6 +96,16 @@ class APGDConfig:
   # 'auto': `attacks.CPU_STEPS_PER_CALL` on CPU, 0 elsewhere.
   steps_per_call: int | str = "auto"
 
+  def runs(self, num_classes: int) -> list[tuple[int, int]]:
+    """(run index, target rank or 0) pairs in the authors' order."""
+    return _runs(self, num_classes)
+
+  def passes(self, num_classes: int) -> dict[str, int]:
+    """Model passes per example in one run: the start and every step take
+    one gradient per EOT sample."""
+    del num_classes
+    return {"grad": (self.num_steps + 1) * self.eot_iter, "forward": 0}
+
   def validate(self, prefix: str = "apgd") -> "APGDConfig":
     check_range(f"{prefix}.epsilon", self.epsilon, 0.0, 1.0, low_open=True)
     check_range(f"{prefix}.num_steps", self.num_steps, 1)

@@ -195,6 +195,17 @@ class PGDConfig:
   restarts: int = 1
   unroll: bool | int | str = "auto"
 
+  def runs(self, num_classes: int) -> list[tuple[int, int]]:
+    """(run index, target rank or 0) pairs: one per restart."""
+    del num_classes
+    return [(r, 0) for r in range(self.restarts)]
+
+  def passes(self, num_classes: int) -> dict[str, int]:
+    """Model passes per example in one run: 'grad' (forward + backward)
+    and 'forward' (forward only)."""
+    del num_classes
+    return {"grad": self.num_steps, "forward": 0}
+
   def validate(self, prefix: str = "attack") -> "PGDConfig":
     check_range(f"{prefix}.epsilon", self.epsilon, 0.0, 1.0, low_open=True)
     check_range(f"{prefix}.step_size", self.step_size, 0.0, low_open=True)

@@ -165,6 +165,16 @@ class FABConfig:
   # per program on CPU (a host loop over them), 0 elsewhere.
   steps_per_call: int | str = "auto"
 
+  def runs(self, num_classes: int) -> list[tuple[int, int]]:
+    return runs(self, num_classes)
+
+  def passes(self, num_classes: int) -> dict[str, int]:
+    """Model passes per example in one run: per step the linearisation
+    (FAB-T: one gradient of f_t − f_y; FAB: the Jacobian of every logit, one
+    backward per class) and the adversarial check; one forward at the start."""
+    per_step = 1 if self.targeted else num_classes
+    return {"grad": self.num_steps * per_step, "forward": self.num_steps + 1}
+
   def validate(self, prefix: str = "fab") -> "FABConfig":
     check_choice(f"{prefix}.norm", self.norm, attacks.NORMS)
     check_range(f"{prefix}.epsilon", self.epsilon, 0.0,

@@ -92,6 +92,16 @@ class SquareConfig:
   # 'auto': `CPU_QUERIES_PER_CALL` on CPU, 0 elsewhere.
   queries_per_call: int | str = "auto"
 
+  def runs(self, num_classes: int) -> list[tuple[int, int]]:
+    del num_classes
+    return [(r, 0) for r in range(self.restarts)]
+
+  def passes(self, num_classes: int) -> dict[str, int]:
+    """Model passes per example in one run, at most: one forward per query
+    and the initial one (a broken example stops being queried)."""
+    del num_classes
+    return {"grad": 0, "forward": self.num_queries + 1}
+
   def validate(self, prefix: str = "square") -> "SquareConfig":
     check_choice(f"{prefix}.norm", self.norm, attacks.NORMS)
     check_range(f"{prefix}.epsilon", self.epsilon, 0.0,

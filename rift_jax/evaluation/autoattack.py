@@ -36,11 +36,7 @@ class Attack:
 
   def runs(self, num_classes: int) -> list[tuple[int, int]]:
     """(run index r, target rank or 0) pairs, in the authors' order."""
-    if isinstance(self.cfg, apgd.APGDConfig):
-      return apgd._runs(self.cfg, num_classes)
-    if isinstance(self.cfg, fab.FABConfig):
-      return fab.runs(self.cfg, num_classes)
-    return [(r, 0) for r in range(self.cfg.restarts)]
+    return self.cfg.runs(num_classes)
 
 
 VERSIONS = ("standard", "plus", "rand")
@@ -302,7 +298,11 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
   Returns:
     {'n', 'clean', 'robust': {attack name: robust accuracy (%) after it and
     all before it}, 'seconds': {attack name: wall seconds}, 'per_example':
-    {'clean': bool [n], attack name: bool [n] robust after it},
+    {'clean': bool [n], attack name: bool [n] robust after it}, 'cost':
+    {attack name: seconds, runs, examples attacked (summed over runs: each
+    run attacks the examples still robust), images/s, model passes per
+    example and run ('grad': forward + backward, 'forward') and in all} — to
+    plan a run on an accelerator from a CPU trial,
     'warnings': [text]} — AutoAttack's checks (`rift_jax.evaluation.checks`,
     on the first batch): randomness, outputs that are probabilities, zero
     input gradients, more targets than classes; and Square (black-box)
@@ -316,7 +316,7 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
   batches = evaluation.Batches(split, batch_size, mesh)
   robust = evaluation.per_example(_compiled_clean(fns), batches, consts=(variables,))
   out = {"n": n, "clean": 100.0 * robust.mean(), "robust": {}, "seconds": {},
-         "per_example": {"clean": robust.copy()}, "warnings": []}
+         "cost": {}, "per_example": {"clean": robust.copy()}, "warnings": []}
   first = evaluation.Batches(split.take(np.arange(min(n, batch_size))), batch_size,
                            mesh)
   a, b = (evaluation.per_example(_compiled_logits(fns), first, consts=(variables,))
@@ -333,10 +333,15 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
     if isinstance(attack.cfg, square.SquareConfig) and white_box_survivors is None:
       white_box_survivors = robust.copy()
     run_fn = _compiled_run(fns, _single_run(attack.cfg), attack.cfg.restarts)
-    bar = tqdm(attack.runs(num_classes), desc=attack.name, disable=not progress,
-               leave=False)
+    runs = attack.runs(num_classes)
+    bar = tqdm(runs, desc=attack.name, disable=not progress, leave=False)
+    # Each run also takes one forward for the targets and one to re-check.
+    per_run = attack.cfg.passes(num_classes)
+    per_run = {"grad": per_run["grad"], "forward": per_run["forward"] + 2}
+    attacked = 0
     for r, rank in bar:
       todo = np.flatnonzero(robust)
+      attacked += int(todo.size)
       if todo.size:
         key = jax.random.fold_in(jax.random.fold_in(rng, k), r)
         fooled = evaluation.per_example(
@@ -346,7 +351,15 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
       bar.set_postfix(robust=f"{100.0 * robust.mean():.2f}%")
     out["robust"][attack.name] = 100.0 * robust.mean()
     out["per_example"][attack.name] = robust.copy()
-    out["seconds"][attack.name] = round(time.time() - t0, 2)
+    seconds = time.time() - t0
+    out["seconds"][attack.name] = round(seconds, 2)
+    out["cost"][attack.name] = {
+        "seconds": round(seconds, 2), "runs": len(runs),
+        "examples_attacked": attacked,
+        "images_per_s": round(attacked / max(seconds, 1e-9), 2),
+        "passes_per_example_run": per_run,
+        "grad_passes": attacked * per_run["grad"],
+        "forward_passes": attacked * per_run["forward"]}
     if isinstance(attack.cfg, square.SquareConfig):
       broken = 100.0 * float(np.mean(white_box_survivors & ~robust))
       out["square_broke_pp"] = broken

@@ -181,7 +181,7 @@ def run(config, fns, variables, split: data.Split, *, workdir: str,
       final = list(r["robust"].values())[-1]
       results["attacks"][entry] = {"label": describe(entry, ev),
                                    "robust": r["robust"], "final": final,
-                                   "seconds": r["seconds"],
+                                   "seconds": r["seconds"], "cost": r["cost"],
                                    "warnings": r["warnings"]}
       for w in r["warnings"]:
         print(f"warning ({entry}): {w}")
@@ -214,10 +214,24 @@ def markdown(results: dict) -> str:
                  f"{results['seconds'].get(entry, '')} |")
   for entry, r in results["attacks"].items():
     if len(r["robust"]) > 1:
+      cost = r.get("cost", {})
       lines += ["", f"### {r['label']}", "",
-                "| after attack | robust accuracy (%) | seconds |", "|---|---|---|"]
-      lines += [f"| {ATTACK_LABELS.get(k, k)} | {v:.2f} | {r['seconds'].get(k, '')} |"
-                for k, v in r["robust"].items()]
+                "| after attack | robust accuracy (%) | seconds | examples attacked "
+                "| images/s | grad passes | forward passes |",
+                "|---|---|---|---|---|---|---|"]
+      for k, v in r["robust"].items():
+        c = cost.get(k, {})
+        lines.append(
+            f"| {ATTACK_LABELS.get(k, k)} | {v:.2f} | {r['seconds'].get(k, '')} | "
+            f"{c.get('examples_attacked', '')} | {c.get('images_per_s', '')} | "
+            f"{c.get('grad_passes', ''):,} | {c.get('forward_passes', ''):,} |"
+            if c else f"| {ATTACK_LABELS.get(k, k)} | {v:.2f} | "
+            f"{r['seconds'].get(k, '')} | | | | |")
+      if cost:
+        lines += ["", "Examples attacked: summed over the attack's runs (restarts, "
+                  "targets), each run on the examples still robust; passes: model "
+                  "evaluations in all ('grad': forward + backward; Square's are "
+                  "an upper bound, a broken example stops being queried)."]
     for w in r.get("warnings", []):
       lines += ["", f"**Warning ({entry})**: {w}"]
   o = results.get("ood")
