@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rift_jax import models
+from rift_jax.models import zoo
 from rift_jax.errors import UserError
 
 
@@ -135,7 +136,7 @@ def test_same_padded_conv_matches_tf_same_and_its_gradient_every_impl():
     x = jax.random.normal(jax.random.PRNGKey(stride + size), (2, size, size, 3))
     outs, grads = [], []
     for impl in ("phase", "xla"):
-      layer = models._SameConv(4, stride, impl)
+      layer = zoo._SameConv(4, stride, impl)
       v = layer.init(jax.random.PRNGKey(0), x)
       outs.append(np.asarray(layer.apply(v, x)))
       grads.append(np.asarray(jax.grad(

@@ -127,7 +127,7 @@ def test_pgd_restarts_find_what_restart_zero_misses():
 
 
 def test_apgd_restarts_in_graph():
-  """`autoattack.apgd` with restarts=2: A fooled by restart 0 only, B by
+  """`apgd.apgd` with restarts=2: A fooled by restart 0 only, B by
   restart 1 only; one restart leaves B robust, two break both."""
   x = _images([0.2, 0.2])
   y = jnp.zeros(2, jnp.int32)

@@ -43,6 +43,8 @@ from rift_jax import attacks
 from rift_jax.errors import UserError, check_choice, check_range
 
 APGD_LOSSES = ("ce", "dlr", "dlr_targeted")
+# AutoAttack's names of the APGD attacks -> their loss.
+LOSS_OF = {"apgd_ce": "ce", "apgd_dlr": "dlr", "apgd_t": "dlr_targeted"}
 
 
 # ------------------------------------------------------------ the schedule

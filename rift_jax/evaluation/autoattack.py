@@ -81,8 +81,7 @@ def autoattack_suite(version: str = "standard", epsilon: float = 8 / 255,
     kw = dict(epsilon=epsilon, norm=norm,
               restarts=version_restarts if restarts is None else restarts)
     if name.startswith("apgd"):
-      loss = {"apgd_ce": "ce", "apgd_dlr": "dlr", "apgd_t": "dlr_targeted"}[name]
-      cfg = apgd.APGDConfig(loss=loss, num_steps=num_steps, eot_iter=eot,
+      cfg = apgd.APGDConfig(loss=apgd.LOSS_OF[name], num_steps=num_steps, eot_iter=eot,
                        num_target_classes=num_target_classes, unroll=unroll,
                        steps_per_call=steps_per_call,
                        **kw).validate(f"{prefix}.{name}")

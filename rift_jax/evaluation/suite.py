@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from rift_jax import attacks, data, evaluation
+from rift_jax.attacks import apgd
 from rift_jax.data import corruptions
 from rift_jax.evaluation import autoattack
 from rift_jax.errors import UserError, check_choice, check_range
@@ -79,8 +80,7 @@ def attacks_for(entry: str, ev) -> list[autoattack.Attack]:
   kw = dict(epsilon=eps, norm=norm, num_steps=int(a.num_steps),
             restarts=int(a.restarts), unroll=a.unroll,
             steps_per_call=_steps_per_call(a))
-  loss = {"apgd_ce": "ce", "apgd_dlr": "dlr", "apgd_t": "dlr_targeted"}[entry]
-  cfg = autoattack.APGDConfig(loss=loss, num_target_classes=int(
+  cfg = apgd.APGDConfig(loss=apgd.LOSS_OF[entry], num_target_classes=int(
       a.num_target_classes), **kw).validate(f"evaluate.{entry}")
   return [autoattack.Attack(entry, cfg)]
 
