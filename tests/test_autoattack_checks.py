@@ -108,3 +108,51 @@ def test_run_suite_reports_the_cost_of_each_attack():
   assert c["examples_attacked"] == 2 * clean_right
   assert c["grad_passes"] == 3 * c["examples_attacked"]
   assert c["images_per_s"] > 0
+
+
+def test_run_suite_attributes_each_broken_example():
+  """Per example: which attack broke it first, in which run, and the size of
+  its perturbation — consistent with the robust accuracy after each attack
+  and inside the threat model."""
+  from rift_jax import attacks
+  from rift_jax.evaluation import suite as suite_lib
+  w = 0.05 * jax.random.normal(jax.random.PRNGKey(0), (16, 5))
+  eps = 0.05
+  suite = [autoattack.Attack("pgd", attacks.PGDConfig(
+               epsilon=eps, step_size=eps / 4, num_steps=3, unroll=False)),
+           autoattack.Attack("apgd_ce", apgd.APGDConfig(
+               epsilon=eps, num_steps=4, restarts=2, unroll=False,
+               steps_per_call=0))]
+  split = _split(64)
+  res = autoattack.run_suite(_Linear(), {"w": w}, split, suite, batch_size=32,
+                             rng=jax.random.PRNGKey(1), progress=False)
+  who, n = res["attribution"], 64
+  pct = lambda c: 100.0 * c / n
+  assert pct(np.sum(who["attack"] == -1)) == pytest.approx(100 - res["clean"])
+  assert pct(np.sum(who["attack"] == 0)) == pytest.approx(
+      res["clean"] - res["robust"]["pgd"])
+  assert pct(np.sum(who["attack"] == 1)) == pytest.approx(
+      res["robust"]["pgd"] - res["robust"]["apgd_ce"])
+  assert pct(np.sum(who["attack"] == 2)) == pytest.approx(res["robust"]["apgd_ce"])
+  broken = who["attack"] >= 0
+  broken &= who["attack"] < 2
+  assert np.sum(broken) > 0
+  assert np.all(who["size"][broken] <= eps + 1e-6)
+  assert np.all(np.isnan(who["size"][~broken]))
+  assert set(who["run"][who["attack"] == 1]) <= {0, 1}     # APGD's 2 restarts
+  assert np.all(who["target_rank"][broken] == 0)           # untargeted
+  by = suite_lib.broken_by(res)
+  assert by["pgd"]["count"] == int(np.sum(who["attack"] == 0))
+  assert by["apgd_ce"]["count"] == int(np.sum(who["attack"] == 1))
+
+
+def test_records_keep_numbers_beside_bit_packed_correctness(tmp_path):
+  from rift_jax.evaluation import records
+  v = {"clean": np.array([True, False, True]),
+       "aa/broken_by/attack": np.array([0, -1, 3], np.int32),
+       "aa/broken_by/size": np.array([0.1, np.nan, 0.05], np.float32)}
+  records.save(str(tmp_path / "r.npz"), v)
+  back = records.load(str(tmp_path / "r.npz"))
+  assert back["clean"].dtype == bool and np.array_equal(back["clean"], v["clean"])
+  assert np.array_equal(back["aa/broken_by/attack"], v["aa/broken_by/attack"])
+  np.testing.assert_array_equal(back["aa/broken_by/size"], v["aa/broken_by/size"])

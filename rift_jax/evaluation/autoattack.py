@@ -143,10 +143,19 @@ def _compiled_run_cached(fns, cfg, restarts: int, unroll_type: str) -> Callable:
       x_adv, _, _ = square.square_run(logits_fn, x, y, key, cfg)
     else:
       x_adv = attacks.pgd(logits_fn, x, y, key, cfg)
-    # Re-check the returned point, as AutoAttack does.
-    return jnp.argmax(logits_fn(x_adv), -1) != y
+    return _outcome(logits_fn, x, x_adv, y, cfg.norm)
 
   return jax.jit(run)
+
+
+def _outcome(logits_fn, x, x_adv, y, norm: str):
+  """(fooled `[batch]`, ‖x_adv − x‖ `[batch]` in the attack's norm): the
+  returned point re-checked, as AutoAttack does, and its size."""
+  d = (x_adv - x).reshape(x.shape[0], -1)
+  size = (jnp.max(jnp.abs(d), -1) if norm == "linf" else
+          jnp.sum(jnp.abs(d), -1) if norm == "l1" else
+          jnp.sqrt(jnp.sum(d * d, -1)))
+  return jnp.argmax(logits_fn(x_adv), -1) != y, size
 
 
 def _logits_of(fns):
@@ -154,7 +163,8 @@ def _logits_of(fns):
   return lambda variables: (lambda xa: fns.logits(variables, xa, train=False))
 
 
-def _in_pieces(fns, num_steps: int, per_call: int, init, steps, result):
+def _in_pieces(fns, num_steps: int, per_call: int, init, steps, result,
+               norm: str):
   """A run as a host loop: a compiled start, one compiled piece of
   `per_call` steps (the first step's index is an argument, so one program
   serves every piece; a shorter last piece compiles once more) and a
@@ -177,7 +187,7 @@ def _in_pieces(fns, num_steps: int, per_call: int, init, steps, result):
 
   @jax.jit
   def end(variables, x, y, state):
-    return jnp.argmax(logits_of(variables)(result(x, state)), -1) != y
+    return _outcome(logits_of(variables), x, result(x, state), y, norm)
 
   def run(variables, rank, r, x, y, key):
     state, aux = start(variables, rank, r, x, y, key)
@@ -205,7 +215,7 @@ def _apgd_in_pieces(fns, cfg: apgd.APGDConfig, per_call: int) -> Callable:
                       count=count, unroll=unroll)
 
   return _in_pieces(fns, cfg.num_steps, per_call, init, steps,
-                    lambda x, state: apgd.apgd_result(state, x)[0])
+                    lambda x, state: apgd.apgd_result(state, x)[0], cfg.norm)
 
 
 def _fab_in_pieces(fns, cfg, restarts: int, per_call: int) -> Callable:
@@ -228,7 +238,8 @@ def _fab_in_pieces(fns, cfg, restarts: int, per_call: int) -> Callable:
     _, x_best, best = state
     return fab.fab_result(x, x_best, best, cfg)[0]
 
-  return _in_pieces(fns, cfg.num_steps, per_call, init, steps, result)
+  return _in_pieces(fns, cfg.num_steps, per_call, init, steps, result,
+                    cfg.norm)
 
 
 def _square_in_pieces(fns, cfg, per_call: int) -> Callable:
@@ -236,13 +247,13 @@ def _square_in_pieces(fns, cfg, per_call: int) -> Callable:
   queries, early exit between them), then AutoAttack's re-check."""
   logits_of = _logits_of(fns)
   search = square.square_pieces(logits_of, cfg, per_call)
-  check = jax.jit(lambda variables, x_adv, y: jnp.argmax(
-      logits_of(variables)(x_adv), -1) != y)
+  check = jax.jit(lambda variables, x, x_adv, y: _outcome(
+      logits_of(variables), x, x_adv, y, cfg.norm))
 
   def run(variables, rank, r, x, y, key):
     del rank, r
     x_adv, _, _ = search(variables, x, y, key)
-    return check(variables, x_adv, y)
+    return check(variables, x, x_adv, y)
 
   return run
 
@@ -297,7 +308,11 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
   Returns:
     {'n', 'clean', 'robust': {attack name: robust accuracy (%) after it and
     all before it}, 'seconds': {attack name: wall seconds}, 'per_example':
-    {'clean': bool [n], attack name: bool [n] robust after it}, 'cost':
+    {'clean': bool [n], attack name: bool [n] robust after it},
+    'attribution': {'attack' (index into `suite` of the attack that first
+    broke the example; −1 misclassified clean, len(suite) still robust),
+    'run', 'target_rank' (0 untargeted), 'size' (‖x_adv − x‖ in the
+    attack's norm; NaN if never broken)}: arrays [n], 'cost':
     {attack name: seconds, runs, examples attacked (summed over runs: each
     run attacks the examples still robust), images/s, model passes per
     example and run ('grad': forward + backward, 'forward') and in all} — to
@@ -321,6 +336,13 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
   a, b = (evaluation.per_example(_compiled_logits(fns), first, consts=(variables,))
           for _ in range(2))
   num_classes = int(a.shape[-1])
+  # Attribution, per example: the index in `suite` of the attack that first
+  # broke it (−1: misclassified clean; len(suite): still robust), its run
+  # (restart / target), target rank (0: untargeted) and ‖x_adv − x‖.
+  who = {"attack": np.where(robust, len(suite), -1).astype(np.int32),
+         "run": np.full(n, -1, np.int32), "target_rank": np.full(n, -1, np.int32),
+         "size": np.full(n, np.nan, np.float32)}
+  out["attribution"] = who
   grad_norms = evaluation.per_example(_compiled_input_grad_norm(fns), first,
                                       consts=(variables,))
   out["warnings"] += [w for w in (checks.randomness(a, b), checks.range_output(a),
@@ -343,10 +365,13 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
       attacked += int(todo.size)
       if todo.size:
         key = jax.random.fold_in(jax.random.fold_in(rng, k), r)
-        fooled = evaluation.per_example(
+        fooled, size = evaluation.per_example(
             run_fn, evaluation.Batches(split.take(todo), batch_size, mesh),
             consts=(variables, jnp.int32(rank), jnp.int32(r)), rng=key)
-        robust[todo[fooled]] = False
+        broken = todo[fooled]
+        robust[broken] = False
+        who["attack"][broken], who["run"][broken] = k, r
+        who["target_rank"][broken], who["size"][broken] = rank, size[fooled]
       bar.set_postfix(robust=f"{100.0 * robust.mean():.2f}%")
     out["robust"][attack.name] = 100.0 * robust.mean()
     out["per_example"][attack.name] = robust.copy()

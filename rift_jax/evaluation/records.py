@@ -4,7 +4,9 @@ Every test-time evaluation (clean, each attack, each corruption × severity)
 keeps its boolean correctness vector, so any two models evaluated on the same
 images can be compared pairwise after the fact (`rift_jax.evaluation.stats`) without
 re-running anything. A record file is an `.npz` holding, per name, the vector
-bit-packed (`np.packbits`, 1/8 byte per example) and its length:
+bit-packed (`np.packbits`, 1/8 byte per example) and its length (numbers
+that are not correctness, e.g. which attack broke an example, are kept as
+they are):
 
     records.save(path, {'clean': bool[n], 'pgd': bool[n], 'ood/fog/3': bool[m]})
     records.load(path) -> {'clean': bool[n], ...}
@@ -19,6 +21,7 @@ from typing import Mapping
 import numpy as np
 
 _N = "__n__"
+_RAW = "__raw__"
 
 
 def _key(name: str) -> str:
@@ -26,10 +29,15 @@ def _key(name: str) -> str:
 
 
 def save(path: str, vectors: Mapping[str, np.ndarray]) -> None:
-  """Writes `{name: bool [n]}` atomically as bit-packed arrays."""
+  """Writes `{name: bool [n]}` atomically as bit-packed arrays (other
+  dtypes as they are)."""
   arrays = {}
   for name, v in vectors.items():
-    v = np.asarray(v, bool).reshape(-1)
+    v = np.asarray(v)
+    if v.dtype != bool:
+      arrays[_RAW + _key(name)] = v
+      continue
+    v = v.reshape(-1)
     arrays[_key(name)] = np.packbits(v)
     arrays[_N + _key(name)] = np.int64(v.size)
   tmp = path + ".tmp.npz"
@@ -42,6 +50,9 @@ def load(path: str) -> dict[str, np.ndarray]:
   out = {}
   with np.load(path) as f:
     for key in f.files:
+      if key.startswith(_RAW):
+        out[key[len(_RAW):].replace("|", "/")] = f[key]
+        continue
       if key.startswith(_N):
         continue
       n = int(f[_N + key])

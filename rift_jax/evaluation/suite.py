@@ -182,16 +182,36 @@ def run(config, fns, variables, split: data.Split, *, workdir: str,
       results["attacks"][entry] = {"label": describe(entry, ev),
                                    "robust": r["robust"], "final": final,
                                    "seconds": r["seconds"], "cost": r["cost"],
-                                   "warnings": r["warnings"]}
+                                   "warnings": r["warnings"],
+                                   "broken_by": broken_by(r)}
       for w in r["warnings"]:
         print(f"warning ({entry}): {w}")
       for name, v in r["per_example"].items():
         if name != "clean":
           records[f"{entry}/{name}"] = v
       records[entry] = list(r["per_example"].values())[-1]
+      for key, v in r["attribution"].items():
+        records[f"{entry}/broken_by/{key}"] = v
       print(f"{describe(entry, ev)}: {final:.2f}%")
     results["seconds"][entry] = round(time.time() - t0, 1)
   return results, records
+
+
+def broken_by(r: dict) -> dict:
+  """Per attack of a `run_suite` result: how many examples it broke first,
+  per target rank for targeted attacks, and the median and largest
+  ‖x_adv − x‖ of those."""
+  who = r["attribution"]
+  out = {}
+  for k, name in enumerate(r["robust"]):
+    mine = who["attack"] == k
+    sizes = who["size"][mine]
+    ranks = {int(t): int(np.sum(mine & (who["target_rank"] == t)))
+             for t in np.unique(who["target_rank"][mine]) if t > 0}
+    out[name] = {"count": int(mine.sum()), "by_target_rank": ranks,
+                 "size_median": float(np.median(sizes)) if sizes.size else None,
+                 "size_max": float(np.max(sizes)) if sizes.size else None}
+  return out
 
 
 def load_ood(config, split, workdir, progress=True) -> corruptions.Sets:
@@ -227,6 +247,19 @@ def markdown(results: dict) -> str:
             f"{c.get('grad_passes', ''):,} | {c.get('forward_passes', ''):,} |"
             if c else f"| {ATTACK_LABELS.get(k, k)} | {v:.2f} | "
             f"{r['seconds'].get(k, '')} | | | | |")
+      by = r.get("broken_by")
+      if by:
+        lines += ["", "Which attack broke which example first (counts; ‖x_adv − x‖ "
+                  "in the threat model's norm; eval_records.npz has them per "
+                  "example under `<entry>/broken_by/`):", "",
+                  "| attack | broke first | by target rank | median size | largest |",
+                  "|---|---|---|---|---|"]
+        for k, b in by.items():
+          ranks = ", ".join(f"{t}: {c}" for t, c in b["by_target_rank"].items()) or "–"
+          med = "–" if b["size_median"] is None else f"{b['size_median']:.4g}"
+          big = "–" if b["size_max"] is None else f"{b['size_max']:.4g}"
+          lines.append(f"| {ATTACK_LABELS.get(k, k)} | {b['count']} | {ranks} | "
+                       f"{med} | {big} |")
       if cost:
         lines += ["", "Examples attacked: summed over the attack's runs (restarts, "
                   "targets), each run on the examples still robust; passes: model "
