@@ -19,6 +19,7 @@ import pytest
 
 from configs import common
 from rift_jax import data, models, training
+from rift_jax.training import loop as training_loop
 from rift_jax.training import schedules
 
 SPE = 4          # 128 training images / batch 32
@@ -56,8 +57,8 @@ def test_aft_starts_from_the_natural_run_with_slow_start_fast_decay(
     seen["optim"] = (optim, steps_per_epoch)
     return real_opt(optim, steps_per_epoch, mask, prefix)
 
-  monkeypatch.setattr(training, "create_state", create_state)
-  monkeypatch.setattr(training, "make_optimizer", make_optimizer)
+  monkeypatch.setattr(training_loop, "create_state", create_state)
+  monkeypatch.setattr(training_loop, "make_optimizer", make_optimizer)
   cfg = _config("aft", epochs=3, schedule="slow_start_fast_decay",
                 warmup_epochs=1.5, start_lr_factor=0.1, decay_shape="linear",
                 end_lr_factor=0.0, init_from=nat_dir)

@@ -87,9 +87,10 @@ def count_compiles():
 
 def test_no_recompilation_across_epochs(tmp_path, monkeypatch):
   from rift_jax import training, workdir
+  from rift_jax.training import loop    # where train_and_evaluate looks it up
   steps, at_epoch_end = [], {}
-  make_step = training.make_train_step
-  monkeypatch.setattr(training, "make_train_step",
+  make_step = loop.make_train_step
+  monkeypatch.setattr(loop, "make_train_step",
                       lambda *a, **k: steps.append(make_step(*a, **k)) or steps[-1])
   append = workdir.append_jsonl
   with count_compiles() as n:
