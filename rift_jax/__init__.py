@@ -52,38 +52,28 @@ def _set_xla_cpu_defaults() -> None:
 _set_xla_cpu_defaults()
 
 
-# Public API: name -> (module, attribute), imported on first access.
+# Public API: name -> the module that defines it, imported on first access.
 _API = {
-    "mrc": ("rift_jax.rift.criticality", "mrc"),
-    "fixed_adversarial_set": ("rift_jax.rift.criticality", "fixed_adversarial_set"),
-    "least_critical": ("rift_jax.rift.criticality", "least_critical"),
-    "most_critical": ("rift_jax.rift.criticality", "most_critical"),
-    "MRCResult": ("rift_jax.rift.criticality", "MRCResult"),
-    "finetune": ("rift_jax.rift.finetuning", "finetune"),
-    "interpolate": ("rift_jax.rift.interpolation", "interpolate"),
-    "ModelFns": ("rift_jax.models", "ModelFns"),
-    "create_model": ("rift_jax.models", "create_model"),
-    "init_variables": ("rift_jax.models", "init_variables"),
-    "perturbable_modules": ("rift_jax.models", "perturbable_modules"),
-    "PGDConfig": ("rift_jax.attacks", "PGDConfig"),
-    "pgd": ("rift_jax.attacks", "pgd"),
-    "pgd_attack_fn": ("rift_jax.evaluation", "pgd_attack_fn"),
-    "Evaluator": ("rift_jax.evaluation", "Evaluator"),
-    "paired_bootstrap": ("rift_jax.evaluation.stats", "paired_bootstrap"),
-    "mcnemar": ("rift_jax.evaluation.stats", "mcnemar"),
+    "mrc": "rift_jax.rift.criticality",
+    "fixed_adversarial_set": "rift_jax.rift.criticality",
+    "least_critical": "rift_jax.rift.criticality",
+    "most_critical": "rift_jax.rift.criticality",
+    "MRCResult": "rift_jax.rift.criticality",
+    "finetune": "rift_jax.rift.finetuning",
+    "interpolate": "rift_jax.rift.interpolation",
+    "ModelFns": "rift_jax.models",
+    "create_model": "rift_jax.models",
+    "init_variables": "rift_jax.models",
+    "perturbable_modules": "rift_jax.models",
+    "PGDConfig": "rift_jax.attacks",
+    "pgd": "rift_jax.attacks",
+    "pgd_attack_fn": "rift_jax.evaluation",
+    "Evaluator": "rift_jax.evaluation",
+    "paired_bootstrap": "rift_jax.evaluation.stats",
+    "mcnemar": "rift_jax.evaluation.stats",
 }
 __all__ = sorted(_API)
 
+from rift_jax._lazy import forward as _forward  # noqa: E402
 
-def __getattr__(name: str):
-  if name in _API:
-    import importlib
-    module, attr = _API[name]
-    value = getattr(importlib.import_module(module), attr)
-    globals()[name] = value
-    return value
-  raise AttributeError(f"module 'rift_jax' has no attribute {name!r}")
-
-
-def __dir__():
-  return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = _forward(__name__, _API)
