@@ -18,7 +18,6 @@ from rift_jax import data
 from rift_jax.data import datasets
 from rift_jax.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.environ.get("FASHION_MNIST_DIR", data.DEBIAN_FASHION_MNIST)
 
 
@@ -89,11 +88,13 @@ def test_fashion_mnist_from_debian_files_through_tfds(tmp_path, capsys, caplog):
     FMNIST, "t10k-images-idx3-ubyte.gz")), reason=f"Fashion-MNIST is not in "
     f"{FMNIST} (apt-get install dataset-fashion-mnist or make data)")
 def test_real_fashion_mnist_keeps_the_idx_file_order():
-  # Built once per checkout under .pytest_cache (the first run takes ~1 min
-  # more). TFDS's shuffled 1.0.0 build kept 1 of the first 1,000 test images
-  # in its IDX position.
+  # The configs' own TFDS folder: the copy `make demo` (and CI's smoke demo)
+  # built is the one checked, and a machine without it builds it once here.
+  # TFDS's shuffled 1.0.0 build kept 1 of the first 1,000 test images in its
+  # IDX position.
+  from configs import common
   raw = datasets._load_fashion_mnist_debian(
-      FMNIST, os.path.join(REPO, ".pytest_cache", "tfds"))
+      FMNIST, os.path.expanduser(common.base_config().data.data_dir))
   for split, prefix in (("test", "t10k"), ("train", "train")):
     images = data.read_idx(os.path.join(FMNIST, f"{prefix}-images-idx3-ubyte.gz"))
     labels = data.read_idx(os.path.join(FMNIST, f"{prefix}-labels-idx1-ubyte.gz"))

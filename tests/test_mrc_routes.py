@@ -29,13 +29,20 @@ def setup(request):
                                                   ("per_step", 0.0)])
 def test_static_and_mask_routes_agree_on_every_module(setup, projection, prefix_mb):
   fns, variables, x, y = setup
+  names = list(models.perturbable_modules(variables["params"]))
+  # Every module with the reused prefix (per_pass: where each module's cut
+  # of the network is exercised); from the images (per_step) every third
+  # module and the head — the stem, block convolutions of every stage and a
+  # shortcut among them — to keep the test's compile time down.
+  chosen = (names if projection == "per_pass"
+            else list(dict.fromkeys(names[::3] + names[-1:])))
   kw = dict(epsilon=0.1, learning_rate=1.0, num_passes=2, batch_size=16,
-            projection=projection)
+            projection=projection, modules=chosen)
   static = criticality.mrc(fns, variables, x, y, route="static",
                            prefix_cache_mb=prefix_mb, **kw)
   mask = criticality.mrc(fns, variables, x, y, route="mask", **kw)
-  assert list(static) == list(models.perturbable_modules(variables["params"]))
-  assert len(static) > 8
+  assert list(static) == chosen
+  assert len(static) > 4
   for name in static:
     a, b = static[name], mask[name]
     np.testing.assert_allclose(a.loss_per_pass, b.loss_per_pass, rtol=1e-5,
