@@ -42,7 +42,7 @@ def test_static_and_mask_routes_agree_on_every_module(setup, projection, prefix_
                            prefix_cache_mb=prefix_mb, **kw)
   mask = criticality.mrc(fns, variables, x, y, route="mask", **kw)
   assert list(static) == chosen
-  assert len(static) > 4
+  assert len(static) >= 4
   for name in static:
     a, b = static[name], mask[name]
     np.testing.assert_allclose(a.loss_per_pass, b.loss_per_pass, rtol=1e-5,
