@@ -16,6 +16,9 @@ from launch import common
 common.define_config_flags("configs/study.py")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, comma-separated.")
 flags.DEFINE_bool("aggregate_only", False, "Only aggregate finished runs.")
+flags.DEFINE_string("readme", "", "Also write the study's tables into this "
+                    "file between its '<!-- study:begin -->' and "
+                    "'<!-- study:end -->' lines (README.md).")
 FLAGS = common.FLAGS
 
 
@@ -40,6 +43,8 @@ def main():
     out = study.aggregate(where, done, FLAGS.config)
   else:
     out = study.run(FLAGS.config, workdir, seeds)
+  if FLAGS.readme:
+    study.write_into(FLAGS.readme, study.markdown(out, level=3))
   print(study.markdown(out))
 
 

@@ -154,3 +154,16 @@ def test_tiny_study_end_to_end_with_every_diagnostic(tmp_path):
   assert "## How stable is the MRC ranking?" in text
   assert "(Holm)" in text and "Adv kept (non-inferiority)?" in text
   assert set(out["variants"]) == {"alpha_ood"}
+
+
+def test_write_into_replaces_only_the_marked_section(tmp_path):
+  from rift_jax.errors import UserError
+  p = tmp_path / "README.md"
+  p.write_text(f"# top\n\n{study.BEGIN}\nold table\n{study.END}\n\n## after\n")
+  study.write_into(str(p), "### RiFT study\n\n| new | table |\n")
+  assert p.read_text() == (f"# top\n\n{study.BEGIN}\n### RiFT study\n\n"
+                           f"| new | table |\n{study.END}\n\n## after\n")
+  p.write_text("no markers\n")
+  with pytest.raises(UserError, match="needs one"):
+    study.write_into(str(p), "x")
+  assert p.read_text() == "no markers\n"

@@ -420,12 +420,34 @@ def _stability_lines(stab: dict) -> list[str]:
   return lines
 
 
-def markdown(out: dict) -> str:
+BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+
+
+def write_into(path: str, text: str) -> None:
+  """Replaces what lies between the BEGIN and END lines of `path` (e.g.
+  README.md) with `text`, atomically; one clear error when the markers are
+  missing."""
+  try:
+    old = open(path).read()
+  except OSError as e:
+    raise UserError(f"--readme={path!r} cannot be read: {e}") from None
+  if old.count(BEGIN) != 1 or old.count(END) != 1 or old.index(BEGIN) > old.index(END):
+    raise UserError(f"--readme={path!r} needs one {BEGIN!r} line before one "
+                    f"{END!r} line")
+  head, rest = old.split(BEGIN)
+  _, tail = rest.split(END)
+  wd.write_text(path, f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}")
+
+
+def markdown(out: dict, level: int = 1) -> str:
+  """study.md; `level`: the heading level of its title (sections one
+  deeper), so the tables can sit inside another document."""
+  h = "#" * level
   seeds = out["seeds"]
-  lines = ["# RiFT study", "",
+  lines = [f"{h} RiFT study", "",
            f"Seeds: {', '.join(map(str, seeds))}. Test split: {out['n_test']:,} "
            f"images (the same for every seed). OOD: {out.get('ood_set')}.", "",
-           "## AT vs AT+RiFT (paper Table 1 layout; mean ± std over seeds)", ""]
+           f"{h}# AT vs AT+RiFT (paper Table 1 layout; mean ± std over seeds)", ""]
   lines += _table(out["main"], "AT", "AT+RiFT")
   lines += ["", "Δ = AT+RiFT − AT in percentage points. The t-interval is over "
             "seeds (training randomness); the pooled paired interval resamples "
@@ -447,7 +469,7 @@ def markdown(out: dict) -> str:
                  f"{pair('clean')} | {pair('ood')} | {pair('adv')} | "
                  f"{sum(r['timing_s'].values()) / 60:.1f} |")
   if out["ablations"]:
-    lines += ["", "## Ablations (paper Table 3 layout), each vs AT", "",
+    lines += ["", f"{h}# Ablations (paper Table 3 layout), each vs AT", "",
               "| fine-tuned | Std | OOD | Adv |", "|---|---|---|---|"]
     rows = {"non_robust_critical (RiFT)": out["main"], **out["ablations"]}
     for name, comp in rows.items():
@@ -456,27 +478,27 @@ def markdown(out: dict) -> str:
           f"(Δ {report.delta_cell(comp[m]['pooled'])})" if m in comp else "–"
           for m in METRICS) + " |")
   if out.get("bn_swap"):
-    lines += ["", "## Why does OOD move? The BatchNorm swap (no training; vs AT)", ""]
+    lines += ["", f"{h}# Why does OOD move? The BatchNorm swap (no training; vs AT)", ""]
     titles = {"at_params_star_stats": "θ_AT's parameters with θ*'s BN statistics",
               "star_params_at_stats": "θ*'s parameters with θ_AT's BN statistics"}
     for name, comp in out["bn_swap"].items():
-      lines += [f"### {titles[name]} (seeds {', '.join(map(str, comp['seeds']))})", ""]
+      lines += [f"{h}## {titles[name]} (seeds {', '.join(map(str, comp['seeds']))})", ""]
       lines += _table(comp, "AT", "swapped") + _family_table(comp) + [""]
   if out["variants"]:
-    lines += ["", "## Investigations (each vs the same seeds' AT)", ""]
+    lines += ["", f"{h}# Investigations (each vs the same seeds' AT)", ""]
     for name, v in out["variants"].items():
-      lines += [f"### {name}: {v['changes']} (seeds {', '.join(map(str, v['seeds']))})",
+      lines += [f"{h}## {name}: {v['changes']} (seeds {', '.join(map(str, v['seeds']))})",
                 ""]
       lines += _table(v, "AT", f"AT+RiFT ({name})") + _family_table(v)
       lines += [""] + [f"- seed {s}: module `{p['module']}`, α {p['alpha']:.1f}, "
                        f"lr {p['lr']:g}" for s, p in v["per_seed"].items()] + [""]
   if out.get("stability"):
-    lines += ["## How stable is the MRC ranking?", ""]
+    lines += [f"{h}# How stable is the MRC ranking?", ""]
     for s, stab in out["stability"].items():
       lines += [f"Seed {s}, reference: {stab['reference']}.", ""]
       lines += _stability_lines(stab) + [""]
   if out["at_curves"]:
-    lines += ["## θ_AT training (validation accuracy per epoch)", "",
+    lines += [f"{h}# θ_AT training (validation accuracy per epoch)", "",
               "| seed | clean per epoch | PGD per epoch |", "|---|---|---|"]
     for s, c in out["at_curves"].items():
       clean = ", ".join(f"{h['val_clean']:.1f}" for h in c)
