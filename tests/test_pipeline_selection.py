@@ -133,18 +133,17 @@ def test_workdir_guard(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=rf"workdir='.*' holds a run with "
                        rf"{key}=.*, not {value}; use a new --workdir"):
       pipeline.run(other, work)
-  # A workdir written before model.compute_dtype existed resumes at its
-  # default, and only there.
-  cfg_path = os.path.join(work, "rift_config.json")
-  old = json.load(open(cfg_path))
-  del old["model"]["compute_dtype"]
-  json.dump(old, open(cfg_path, "w"))
-  with pytest.raises(_Stop):
-    pipeline.run(base, work)
-  json.dump(old, open(cfg_path, "w"))
+  # Another compute dtype is another run; so is a run folder written by a
+  # version without the field (no compatibility shim in a 0.1 package).
   bf16 = _config()
   bf16.model = ml_collections.ConfigDict(
       {**base.model.to_dict(), "compute_dtype": "bfloat16"})
   with pytest.raises(UserError, match="model.compute_dtype='float32', not "
                      "'bfloat16'"):
     pipeline.run(bf16, work)
+  cfg_path = os.path.join(work, "rift_config.json")
+  old = json.load(open(cfg_path))
+  del old["model"]["compute_dtype"]
+  json.dump(old, open(cfg_path, "w"))
+  with pytest.raises(UserError, match="model.compute_dtype=None, not 'float32'"):
+    pipeline.run(base, work)
