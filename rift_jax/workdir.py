@@ -77,6 +77,14 @@ def append_jsonl(path: str, record: dict) -> None:
     f.write(dumps(record, indent=None) + "\n")
 
 
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a JSON-lines file (metrics.jsonl); [] if it is absent."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.strip()]
+
+
 def truncate_jsonl(path: str, max_epoch: int) -> None:
   """Drops records with `epoch > max_epoch` (a run resumed from that epoch
   rewrites them)."""

@@ -348,4 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   best_vars, _ = best.restore(jax.device_get(result.state.variables), meta_model)
   latest.close()
   best.close()
-  return TrainResult(best_vars, result.best_epoch, result.history, info, dataset)
+  # Every epoch's record, also those of the runs this one resumed
+  # (metrics.jsonl keeps them; the fit above only knows its own).
+  history = wd.read_jsonl(metrics_path) or result.history
+  return TrainResult(best_vars, result.best_epoch, history, info, dataset)
