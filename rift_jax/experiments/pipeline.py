@@ -339,6 +339,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
   main = run_target(r.finetune.target, r.finetune.target)
   ablations = {a: run_target(a, a) for a in r.ablations if a != r.finetune.target}
+
   @functools.cache
   def ood_test():
     if not r.ood.enabled:
