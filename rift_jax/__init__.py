@@ -18,9 +18,9 @@ does not import JAX.
 
 Importing the package sets one XLA:CPU default (before JAX creates its CPU
 backend; GPU and TPU compilation ignore it): convolutions are left to XLA's
-own Eigen kernels instead of the YNNPACK library fusion, which on the 2-core
-x86 machines we measured ran ResNet convolutions at half the speed
-(`launch/benchmark.py`; PGD-10 on ResNet-18, batch 128: 25.7 s -> 17.4 s).
+own Eigen kernels instead of the YNNPACK library fusion, which ran ResNet
+convolutions at about half the speed on the CPUs we measured (`benchmarks/`;
+the numbers: docs/performance.md).
 The flag is set only for jaxlib versions it was measured on (an unknown flag
 aborts XLA), never over a value the user put in XLA_FLAGS, and not at all
 with RIFT_JAX_XLA_DEFAULTS=0. XLA reads its flags once, when JAX first

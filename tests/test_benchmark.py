@@ -1,90 +1,119 @@
-"""`launch.benchmark --reduced` runs end to end and writes every key.
+"""`python -m benchmarks` runs every phase at small sizes, each in its own
+process, and writes what `benchmarks/schema.py` declares; ours and PyTorch
+compute the same logits, MRC values and AutoAttack robust accuracy.
 
-`make test` runs the mrc phase (MRC ours vs the authors' PyTorch loop, the
-numbers compared); all three phases, each in its own process, are
-`pytest -m slow` (about 4 minutes on 2 cores, most of it compilation)."""
+The one run (about 2.5 minutes on 2 busy cores, most of it compilation) is
+shared by the tests of this file."""
 import json
-import math
 import os
 import subprocess
 import sys
 
 import pytest
 
+from benchmarks import schema
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures",
+                       "fmnist_resnet18_w4_pgdat.safetensors")
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
 ENV.pop("XLA_FLAGS", None)
 ENV.pop("JAX_COMPILATION_CACHE_DIR", None)  # it measures compilation
 
-REQUIRED = ("pgd_speedup_vs_torch", "at_step_speedup_vs_torch",
-            "pgd_flops_fraction_of_peak", "at_step_compile_s",
-            "mrc_seconds_per_module", "interpolation_seconds_per_alpha",
-            "mrc_mask_seconds_per_module", "mrc_torch_seconds_per_module",
-            "mrc_speedup_vs_torch", "mrc_speedup_vs_mask",
-            "autoattack_speedup_vs_torch", "autoattack_img_per_s",
-            "autoattack_torch_img_per_s", "peak_rss_mb")
+SMALL = {
+    "base": ["--width=4", "--batch_size=8", "--num_steps=1", "--norolled",
+             "--matmul_size=256"],
+    "mrc": [f"--mrc_checkpoint={FIXTURE}", "--mrc_width=4", "--mrc_examples=64",
+            "--mrc_batch_size=32", "--mrc_passes=2",
+            "--mrc_modules=conv1,layer4.1.conv1"],
+    "autoattack": [f"--aa_checkpoint={FIXTURE}", "--aa_images=16",
+                   "--aa_batch_size=16", "--aa_steps=2", "--aa_targets=2",
+                   "--aa_queries=10"],
+}
 
 
-MRC_KEYS = ("mrc_seconds_per_module", "mrc_mask_seconds_per_module",
-            "mrc_torch_seconds_per_module", "mrc_speedup_vs_torch",
-            "mrc_speedup_vs_mask", "mrc_compile_s_per_module", "peak_rss_mb")
+def _benchmark(*args, timeout=60):
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=ENV,
+                        capture_output=True, text=True, timeout=timeout)
 
 
-def _run(tmp_path, *flags):
-  out = tmp_path / "bench.json"
-  proc = subprocess.run([sys.executable, "-m", "launch.benchmark", f"--out={out}",
-                         "--reduced", *flags], cwd=ROOT, env=ENV,
-                        capture_output=True, text=True, timeout=1200)
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+  out = tmp_path_factory.mktemp("bench") / "bench.json"
+  proc = _benchmark("benchmarks", f"--out={out}", "--reps=1",
+                    *(f for flags in SMALL.values() for f in flags), timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(out.read_text())
+  assert not [p for p in os.listdir(out.parent) if p != "bench.json"
+              and p != "bench.md"], "a phase's part file was left behind"
+  return json.loads(out.read_text()), out.with_suffix(".md").read_text()
 
 
-def test_reduced_mrc_phase_agrees_with_the_authors_loop(tmp_path):
-  result = _run(tmp_path, "--phases=mrc")
-  for key in MRC_KEYS:
-    assert isinstance(result[key], float) and math.isfinite(result[key]), key
-    assert result[key] > 0, key
-  assert result["phases"] == ["mrc"]
-  # The static and mask routes and the PyTorch loop compute the same MRC.
-  assert result["mrc_max_rel_diff_vs_torch"] < 0.02
-  assert result["mrc_static_vs_mask_max_rel_diff"] < 1e-3
+def test_every_phase_writes_what_the_schema_declares(result):
+  res, _ = result
+  assert res["phases"] == ["base", "mrc", "autoattack"]
+  assert schema.problems(res) == []
+  # The flags given reached their phase.
+  assert res["base_config"]["width"] == 4 and not res["base_config"]["rolled"]
+  assert res["mrc_modules"] == ["conv1", "layer4.1.conv1"]
+  assert res["autoattack_config"]["num_images"] == 16
+  assert res["mrc_config"]["weights"] == FIXTURE
 
 
-@pytest.mark.slow
-def test_reduced_benchmark_writes_every_key(tmp_path):
-  out = tmp_path / "bench.json"
-  proc = subprocess.run([sys.executable, "-m", "launch.benchmark", f"--out={out}",
-                         "--reduced"], cwd=ROOT, env=ENV, capture_output=True,
-                        text=True, timeout=1800)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads(out.read_text())
-  for key in REQUIRED:
-    assert isinstance(result[key], float) and math.isfinite(result[key]), key
-    assert result[key] > 0, key
-  assert result["reduced"] is True
-  # The PyTorch twin is the same network: same logits from the same weights.
-  assert result["logits_max_abs_diff_jax_vs_torch"] < 1e-4
-  assert result["pgd_flops_per_batch"] > 0
-  assert result["phases"] == ["base", "mrc", "autoattack"]
-  # Both MRC implementations and the PyTorch loop compute the same numbers.
-  assert result["mrc_max_rel_diff_vs_torch"] < 0.02
-  # Both AutoAttacks agree on the fixture (16 images: within one image).
-  assert abs(result["autoattack_robust_acc"]
-             - result["autoattack_torch_robust_acc"]) <= 100 / 16 + 1e-9
+def test_ours_and_pytorch_agree(result):
+  res, _ = result
+  # The PyTorch twins are the same networks: same logits from the same weights.
+  for key in ("logits_max_abs_diff_jax_vs_torch",
+              "mrc_logits_max_abs_diff_jax_vs_torch",
+              "autoattack_logits_max_abs_diff_jax_vs_torch"):
+    assert res[key] < 1e-4, key
+  # Both MRC routes and the authors' loop compute the same numbers.
+  assert res["mrc_max_rel_diff_vs_torch"] < 0.02
+  assert res["mrc_static_vs_mask_max_rel_diff"] < 1e-3
+  # Both AutoAttacks agree on the robust fixture (16 images: within one image),
+  # after every attack.
+  assert abs(res["autoattack_robust_acc_diff_pp"]) <= 100 / 16 + 1e-9
+  ours, theirs = (res["autoattack_robust_acc_after_each"],
+                  res["autoattack_torch_robust_acc_after_each"])
+  assert list(ours) == list(theirs) == ["apgd_ce", "apgd_t", "fab_t", "square"]
+  for attack in ours:
+    assert abs(ours[attack] - theirs[attack]) <= 100 / 16 + 1e-9, attack
+
+
+def test_markdown_has_the_side_by_side_tables(result):
+  _, md = result
+  for header in ("## base", "## mrc", "## autoattack", "| ours s (compiled) | "
+                 "ours compile s | torchattacks s | speed-up | robust % ours | "
+                 "robust % torchattacks |", "| apgd_t |", "| layer4.1.conv1 |",
+                 "`pgd_speedup_vs_torch`"):
+    assert header in md, header
+
+
+def test_the_schema_check_finds_a_missing_or_undeclared_key():
+  res = {"phases": ["mrc"], "versions": {}, "threads": {}, "peak_rss_mb": 1.0,
+         "mrc_config": {"routes": ["static"]}}
+  missing = schema.problems(res)
+  assert "missing key 'mrc_speedup_vs_torch'" in missing
+  assert not any("mrc_mask" in p for p in missing)   # mask route off
+  res["mrc_config"]["routes"].append("mask")
+  assert "missing key 'mrc_mask_seconds_per_module'" in schema.problems(res)
+  assert "undeclared key 'speedup'" in schema.problems({**res, "speedup": 2.0})
 
 
 def test_benchmark_requires_out():
-  proc = subprocess.run([sys.executable, "-m", "launch.benchmark"], cwd=ROOT,
-                        env=ENV, capture_output=True, text=True, timeout=120)
+  proc = _benchmark("benchmarks")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("error: --out is required")
 
 
-def test_benchmark_rejects_a_route_list_without_static(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "launch.benchmark",
-                         f"--out={tmp_path / 'b.json'}", "--phases=mrc",
-                         "--mrc_routes=mask"], cwd=ROOT, env=ENV,
-                        capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("args, line", [
+    (["benchmarks.mrc", "--mrc_width=0"], "flag --mrc_width=0: 0 is not a positive integer"),
+    (["benchmarks", "--phases=base,gpu"], "flag --phases=['base', 'gpu']: expected "
+     "a comma-separated list of base, mrc, autoattack"),
+    (["benchmarks.autoattack", "--aa_unroll=fast"], "flag --aa_unroll=fast: expected "
+     "auto, true, false or a positive integer"),
+])
+def test_bad_flags_get_one_line_and_exit_code_2(tmp_path, args, line):
+  proc = _benchmark(*args, f"--out={tmp_path / 'b.json'}")
   assert proc.returncode == 2
-  assert "--mrc_routes=mask: expected static or static,mask" in proc.stderr
+  assert proc.stderr.strip().splitlines() == [f"error: {line}"]
   assert not (tmp_path / "b.json").exists()

@@ -11,10 +11,10 @@ per-example worst case. Every function here is traceable: call it inside
 BatchNorm mode the caller chose; the attack never sees the model.
 
 Loop form: XLA:CPU runs while-loop bodies several times slower than
-straight-line code (measured with `launch/benchmark.py`: the convolutions
-inside a while-loop body do not take XLA's fast library path), so `unroll='auto'` unrolls the step loop
+straight-line code (the convolutions inside a while-loop body do not take
+XLA's fast library path; docs/performance.md), so `unroll='auto'` unrolls the step loop
 on CPU and keeps a rolled `fori_loop` on GPU/TPU, where it compiles faster and
-runs as fast. `launch/benchmark.py` measures both.
+runs as fast. `benchmarks/base.py` measures both.
 """
 from __future__ import annotations
 

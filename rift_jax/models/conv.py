@@ -27,8 +27,8 @@ mode (`jax.jvp`) is not defined for a `custom_vjp` function; use
 impl="xla" for that.
 
 `impl="auto"` picks "phase" on CPU and "xla" elsewhere (cuDNN and the TPU
-compiler handle strided gradients themselves). `launch.benchmark` measures
-both.
+compiler handle strided gradients themselves). `benchmarks/base.py`
+(`--conv_impl`) measures both.
 
 `Conv` is the Flax layer every model uses: bias-free, PyTorch's padding
 (k-1)//2, params `{'kernel': HWIO}` as `flax.linen.Conv`, so checkpoints and

@@ -2,7 +2,7 @@
 
 For taking θ* back to PyTorch (`rift_jax.models.convert.export_like` writes state
 dicts these load with `strict=True`), for the cross-checks (converted logits,
-attacks against torchattacks) and for `launch/benchmark.py`. Needs torch
+attacks against torchattacks) and for `benchmarks/`. Needs torch
 (`pip install .[torch]`). The structure and state_dict names follow the
 repositories our users' checkpoints come from:
 - `ResNet18` / `ResNet34`: post-activation BasicBlock with `shortcut.0` (1x1

@@ -1,7 +1,7 @@
 """PyTorch reference versions of our algorithms, as their authors' code runs them.
 
-For `launch/benchmark.py` (speed against the PyTorch stack the papers used)
-and for cross-checks of our numbers. Needs torch (`pip install .[torch]`).
+For `benchmarks/mrc.py` (speed against the PyTorch stack the papers used,
+and a cross-check of our numbers). Needs torch (`pip install .[torch]`).
 
 - `official_mrc`: RiFT's module robust criticality as the authors' code
   computes it (microsoft/robustlearn, RiFT/main.py, `layer_sharpness`),
