@@ -50,10 +50,11 @@ def _corner(t, w, b):
   return np.where(side * w > 0, 0.0, np.where(side * w < 0, 1.0, t)) - t
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_projection_matches_lp_and_qp(norm):
   """min ‖δ‖ s.t. ⟨w, t + δ⟩ = b, t + δ ∈ [0, 1]^d, solved independently:
-  L∞ as a linear programme (min s, −s ≤ δ_i ≤ s), L2 as a QP (SLSQP)."""
+  L∞ as a linear programme (min s, −s ≤ δ_i ≤ s), L2 as a QP (SLSQP), L1
+  as a linear programme over δ = p − q, p, q ≥ 0 (min Σ p + q)."""
   optimize = pytest.importorskip("scipy.optimize")
   rng = np.random.default_rng(0)
   n, d = 60, 7
@@ -82,6 +83,16 @@ def test_projection_matches_lp_and_qp(norm):
       # The box is active when a coordinate has less room than the others
       # move.
       at_bound = np.any((np.abs(corner) < res.fun - 1e-6) & (w[i] != 0))
+    elif norm == "l1":
+      res = optimize.linprog(
+          np.ones(2 * d), A_eq=np.r_[w[i], -w[i]][None],
+          b_eq=[b[i] - w[i] @ t[i]], method="highs",
+          bounds=[(0, 1 - v) for v in t[i]] + [(0, v) for v in t[i]])
+      assert res.status == 0
+      assert np.abs(ours[i]).sum() == pytest.approx(res.fun, rel=1e-5, abs=1e-6)
+      # The box is active when a coordinate moves all the way to it.
+      at_bound = np.any(np.isclose(np.abs(ours[i]), np.abs(corner), atol=1e-6)
+                        & (np.abs(corner) > 1e-6))
     else:
       res = optimize.minimize(
           lambda v: 0.5 * v @ v, np.zeros(d), jac=lambda v: v,
@@ -287,8 +298,9 @@ def test_config_checks():
   with pytest.raises(UserError, match="epsilon=1.5"):
     fab.FABConfig(epsilon=1.5).validate()
   fab.FABConfig(epsilon=1.5, norm="l2").validate()   # L2 radii may exceed 1
-  with pytest.raises(UserError, match="norm='l1'"):
-    fab.FABConfig(norm="l1").validate()
+  fab.FABConfig(epsilon=12.0, norm="l1").validate()  # so may L1 radii
+  with pytest.raises(UserError, match="norm='l0'"):
+    fab.FABConfig(norm="l0").validate()
   with pytest.raises(UserError, match="beta=0"):
     fab.FABConfig(beta=0).validate()
   with pytest.raises(UserError, match="unroll"):

@@ -28,7 +28,7 @@ def _with(**overrides):
     ({"model__input_normalization": "imagenet"},
      "model.input_normalization='imagenet'"),
     ({"eval__batch_size": 0}, "eval.batch_size=0"),
-    ({"eval__attack__norm": "l1"}, "eval.attack.norm='l1'"),
+    ({"eval__attack__norm": "l0"}, "eval.attack.norm='l0'"),
     # method blocks and the training attack
     ({"method": "trades", "trades__beta": -1.0}, "trades.beta=-1.0"),
     ({"method": "awp", "awp__base": "mart"}, "awp.base='mart'"),

@@ -1,6 +1,6 @@
 """FAB and FAB-T: the fast adaptive boundary attack (Croce & Hein, ICML 2020).
 
-FAB looks for the smallest perturbation (in L∞ or L2) that changes the
+FAB looks for the smallest perturbation (in L∞, L2 or L1) that changes the
 prediction, starting at the clean image x_0 (or near it) and staying in
 the [0, 1] box. One iteration at the current point x_k (paper, Sec. 3 and
 Algorithm 1):
@@ -9,7 +9,7 @@ Algorithm 1):
      approximated by the hyperplane π_l = {z : F_l + ⟨∇F_l, z − x_k⟩ = 0},
      F_l = f_l − f_y at x_k. Untargeted FAB takes the hyperplane nearest
      to x_k, l = argmin_{l≠y} |F_l| / ‖∇F_l‖_* (‖·‖_* the dual norm: L1 for
-     L∞, L2 for L2); FAB-T takes l = the target class.
+     L∞, L2 for L2, L∞ for L1); FAB-T takes l = the target class.
   2. Project x_k and x_0 onto π_l inside the box
      (`box_hyperplane_projection`): δ_k = proj(x_k) − x_k,
      δ_0 = proj(x_0) − x_0.
@@ -24,7 +24,8 @@ Algorithm 1):
 An example is broken at radius ε iff the smallest adversarial found has
 norm ≤ ε. Defaults as the paper and AutoAttack: 100 iterations, α_max = 0.1,
 η = 1.05, β = 0.9; restart 0 starts at x_0, later restarts at a random
-point x_0 + (ε/2)·u/‖u‖ (u uniform in [−1, 1]^d for L∞, Gaussian for L2).
+point x_0 + (ε/2)·u/‖u‖ (u uniform in [−1, 1]^d for L∞, Gaussian for L2
+and L1).
 FAB-T (AutoAttack's standard version) runs once per target: the classes
 ranked 2nd, 3rd, ..., 10th by the clean logits (`attacks.target_classes`).
 On a linear model (box inactive) every iterate lies on the segment from x_0
@@ -105,7 +106,7 @@ def box_hyperplane_projection(t: jax.Array, w: jax.Array, b: jax.Array,
 
   Args:
     t: points `[n, d]` in [0, 1]; w: normals `[n, d]`; b: offsets `[n]`.
-    norm: 'linf' or 'l2'.
+    norm: 'linf', 'l2' or 'l1'.
 
   Returns:
     δ `[n, d]` = argmin ‖δ‖ subject to ⟨w, t + δ⟩ = b, t + δ ∈ [0, 1]^d
@@ -121,6 +122,11 @@ def box_hyperplane_projection(t: jax.Array, w: jax.Array, b: jax.Array,
         = |w_i|·min(a, ρ_i/|w_i|), a the smallest with
         Σ w_i² min(a, ρ_i/|w_i|) ≥ c.
   Both are one `_smallest_level` call: a sort and cumulative sums.
+    L1 (a linear programme: coordinate i lowers ⟨w, z⟩ by |w_i| per unit of
+        ‖δ‖₁, at most |w_i| ρ_i): move the coordinates in order of
+        decreasing |w_i| all the way to the box (m_i = ρ_i) until the next
+        one covers the rest of c, that one partly; the others stay
+        (`_l1_moves`: a sort, a cumulative sum, a count).
   """
   c = jnp.sum(w * t, axis=-1) - b
   side = jnp.where(c >= 0, 1.0, -1.0).astype(t.dtype)
@@ -133,12 +139,43 @@ def box_hyperplane_projection(t: jax.Array, w: jax.Array, b: jax.Array,
     bp = jnp.where(active, room, 0.0)
     lam = _smallest_level(jnp.where(active, mag, 0.0), bp, c)
     move = jnp.minimum(lam[:, None], bp)
+  elif norm == "l1":
+    move = _l1_moves(mag, room, c)
   else:
     active = mag > _TINY_WEIGHT
     bp = jnp.where(active, room / jnp.where(active, mag, 1.0), 0.0)
     lam = _smallest_level(jnp.where(active, mag * mag, 0.0), bp, c)
     move = jnp.where(active, mag * jnp.minimum(lam[:, None], bp), 0.0)
   return -jnp.sign(w) * move
+
+
+def _l1_moves(mag: jax.Array, room: jax.Array, c: jax.Array) -> jax.Array:
+  """The L1 projection's magnitudes m `[n, d]`: minimise Σ m_i subject to
+  Σ mag_i·m_i = c (≥ 0), 0 ≤ m_i ≤ room_i. Greedy by decreasing mag_i
+  (the LP's ratio rule): the first k coordinates (k = how many prefixes of
+  capacity mag_i·room_i stay below c) move fully, coordinate k + 1 covers
+  the rest; if all together cannot reach c, all move fully (the box
+  corner). Weights ≤ `_TINY_WEIGHT` never move."""
+  n, d = mag.shape
+  active = mag > _TINY_WEIGHT
+  mag = jnp.where(active, mag, 0.0)
+  room = jnp.where(active, room, 0.0)
+  order = jnp.broadcast_to(jnp.arange(d, dtype=jnp.int32), (n, d))
+  _, m_s, r_s, idx = jax.lax.sort((-mag, mag, room, order), dimension=-1,
+                                  num_keys=1)
+  cap = m_s * r_s
+  cum = jnp.cumsum(cap, -1)
+  k = jnp.sum(cum < c[:, None], -1)           # coordinates moved fully
+  kc = jnp.minimum(k, d - 1)[:, None]
+  rest = (c - jnp.take_along_axis(cum - cap, kc, -1)[:, 0])
+  m_k = jnp.take_along_axis(m_s, kc, -1)[:, 0]
+  part = jnp.where(m_k > 0, rest / jnp.where(m_k > 0, m_k, 1.0), 0.0)
+  pos = jnp.arange(d)[None]
+  moves = jnp.where(pos < k[:, None], r_s,
+                    jnp.where(pos == k[:, None], part[:, None], 0.0))
+  moves = jnp.where((k >= d)[:, None], r_s, moves)  # unreachable: the corner
+  _, moves = jax.lax.sort((idx, moves), dimension=-1, num_keys=1)
+  return moves
 
 
 # --------------------------------------------------------------- config
@@ -206,20 +243,24 @@ def _norm(v: jax.Array, norm: str) -> jax.Array:
   """Per-row norm `[n]` of flat `[n, d]` vectors."""
   if norm == "linf":
     return jnp.max(jnp.abs(v), axis=-1)
+  if norm == "l1":
+    return jnp.sum(jnp.abs(v), axis=-1)
   return jnp.sqrt(jnp.sum(v * v, axis=-1))
 
 
 def _dual_norm(v: jax.Array, norm: str) -> jax.Array:
-  """‖v‖_* over the last axis: L1 for the L∞ attack, L2 for L2."""
+  """‖v‖_* over the last axis: L1 for the L∞ attack, L2 for L2, L∞ for L1."""
   if norm == "linf":
     return jnp.sum(jnp.abs(v), axis=-1)
+  if norm == "l1":
+    return jnp.max(jnp.abs(v), axis=-1)
   return jnp.sqrt(jnp.sum(v * v, axis=-1))
 
 
 def random_start_point(rng: jax.Array, x: jax.Array, epsilon: float,
                        norm: str) -> jax.Array:
   """FAB's restart point `[batch, ...]`: x + (ε/2)·u/‖u‖ clipped to [0, 1],
-  u uniform in [−1, 1]^d (L∞) or standard normal (L2), as the authors."""
+  u uniform in [−1, 1]^d (L∞) or standard normal (L2, L1), as the authors."""
   flat = x.reshape(x.shape[0], -1)
   if norm == "linf":
     u = jax.random.uniform(rng, flat.shape, flat.dtype, -1.0, 1.0)

@@ -19,9 +19,16 @@ blocks η (each block ±η per channel), rescaled to ‖δ‖₂ = ε. Each quer
 moves the mass of window 1 and of a second window 2 into window 1: the
 old content of window 1 (normalised) plus a new ±η pattern, rescaled so
 the total stays ε; window 2 is zeroed.
+L1 (Croce & Hein, "Mind the box", ICML 2021, the L1 Square of AutoAttack's
+L1 version): as L2 with L1 norms throughout — rings weighted 1/(k+1)⁴,
+unit L1 patterns (`l1_pattern`), window 1 gets (max(ε − ‖δ‖₁, 0)/C +
+‖δ_{w1 ∪ w2}‖₁)·C of mass per channel — and instead of a rescaling, the
+start and every candidate are projected onto the L1 ball of radius
+ε(1 − 10⁻⁶) ∩ box (`attacks.l1_box_projection`), so the start (the block
+grid, unit L1 per block) is the projection of a much larger perturbation.
 
 The window side follows p, the fraction of pixels changed:
-  h = max(round(√(p·n/c)), 1)      (L2: ≥ 3 and odd), n = H·W·C features,
+  h = max(round(√(p·n/c)), 1)      (L2, L1: ≥ 3 and odd), n = H·W·C features,
 with p = p_init halved after iterations 10, 50, 200, 500, 1000, 2000,
 4000, 6000, 8000 (with `rescale_schedule` those are per 10,000 queries and
 scaled to `num_queries`, as the authors' `resc_schedule`).
@@ -64,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rift_jax import attacks
+from rift_jax.attacks.common import l1_box_projection
 from rift_jax.errors import UserError, check_choice, check_range
 
 SQUARE_LOSSES = ("margin", "ce")
@@ -131,7 +139,7 @@ def p_level(i: int, num_queries: int, rescale: bool) -> int:
 
 def window_side(p: float, shape: tuple[int, int, int], norm: str) -> int:
   """Window side h for p on `[H, W, C]` images: max(round(√(p·H·W)), 1),
-  for L2 at least 3 and odd; never more than min(H, W)."""
+  for L2 and L1 at least 3 and odd; never more than min(H, W)."""
   hgt, wid, _ = shape
   s = int(round(math.sqrt(p * hgt * wid)))
   if norm == "linf":
@@ -151,24 +159,38 @@ def _side_table(cfg: SquareConfig, shape) -> np.ndarray:
   return np.asarray([sides[l] for l in levels], np.int32)
 
 
-def _rectangles(rows: int, cols: int) -> np.ndarray:
-  """Concentric rectangles around the centre, ring k weighted 1/(k+1)²,
-  unit L2 norm `[rows, cols]` (the authors' `eta_rectangles`)."""
+def _unit(a: np.ndarray, norm: str) -> np.ndarray:
+  if norm == "l1":
+    return a / np.sum(np.abs(a))
+  return a / np.sqrt(np.sum(a**2))
+
+
+def _rectangles(rows: int, cols: int, norm: str = "l2") -> np.ndarray:
+  """Concentric rectangles around the centre, ring k weighted 1/(k+1)²
+  (L1: 1/(k+1)⁴), unit norm `[rows, cols]` (the authors' `eta_rectangles`)."""
+  power = 4 if norm == "l1" else 2
   out = np.zeros((rows, cols))
   r0, c0 = rows // 2, cols // 2
   for k in range(max(rows // 2 + 1, cols // 2 + 1)):
     out[max(r0 - k, 0):min(r0 - k + 2 * k + 1, rows),
-        max(c0 - k, 0):min(c0 - k + 2 * k + 1, cols)] += 1.0 / (k + 1)**2
-  return out / np.sqrt(np.sum(out**2))
+        max(c0 - k, 0):min(c0 - k + 2 * k + 1, cols)] += 1.0 / (k + 1)**power
+  return _unit(out, norm)
 
 
-def l2_pattern(s: int) -> np.ndarray:
+def l2_pattern(s: int, norm: str = "l2") -> np.ndarray:
   """The L2 update η `[s, s]`: rectangles on the top half, minus rectangles
-  on the bottom half, unit L2 norm (the authors' `eta`)."""
+  on the bottom half, unit L2 norm (the authors' `eta`); norm='l1': the
+  L1 update (`l1_pattern`)."""
   out = np.zeros((s, s))
-  out[:s // 2] = _rectangles(s // 2, s)
-  out[s // 2:] = -_rectangles(s - s // 2, s)
-  return out / np.sqrt(np.sum(out**2))
+  out[:s // 2] = _rectangles(s // 2, s, norm)
+  out[s // 2:] = -_rectangles(s - s // 2, s, norm)
+  return _unit(out, norm)
+
+
+def l1_pattern(s: int) -> np.ndarray:
+  """The L1 update η `[s, s]`: rings weighted 1/(k+1)⁴, each half and the
+  whole of unit L1 norm."""
+  return l2_pattern(s, "l1")
 
 
 # ------------------------------------------------------------- helpers
@@ -228,16 +250,16 @@ def _init_linf(rng, x, eps):
   return jnp.clip(x + eps * _sign(rng, (b, 1, wid, ch), x.dtype), 0.0, 1.0)
 
 
-def _init_blocks(shape) -> tuple[np.ndarray, np.ndarray]:
-  """The L2 start's block grid: η(H // 5) at (sp + i·s, sp + j·s), each block
-  alone in a `[blocks, H, W]` array, plain and transposed."""
+def _init_blocks(shape, norm: str = "l2") -> tuple[np.ndarray, np.ndarray]:
+  """The L2 (L1) start's block grid: η(H // 5) at (sp + i·s, sp + j·s),
+  each block alone in a `[blocks, H, W]` array, plain and transposed."""
   hgt, wid, _ = shape
   s = hgt // 5
   if s < 1:
-    raise UserError(f"the L2 Square attack needs images of at least 5x5 "
-                    f"pixels, got {hgt}x{wid}")
+    raise UserError(f"the {norm.upper()} Square attack needs images of at "
+                    f"least 5x5 pixels, got {hgt}x{wid}")
   sp = (hgt - 5 * s) // 2
-  eta = l2_pattern(s)
+  eta = l2_pattern(s, norm)
   plain, transposed = [], []
   for i in range(hgt // s):
     for j in range(wid // s):
@@ -267,13 +289,36 @@ def start_l2(x: jax.Array, eps: float, signs: jax.Array,
   return jnp.clip(x + eps * _unit_l2(delta), 0.0, 1.0)
 
 
-def _init_l2(rng, x, eps):
-  """`start_l2` with a random sign per (example, block, channel) and a
-  random transposition per block (shared by the batch, as the authors)."""
-  n = _init_blocks(x.shape[1:])[0].shape[0]
+def _init_l2(rng, x, eps, norm="l2"):
+  """`start_l2` (`start_l1`) with a random sign per (example, block,
+  channel) and a random transposition per block (shared by the batch, as
+  the authors)."""
+  n = _init_blocks(x.shape[1:], norm)[0].shape[0]
   k_sign, k_t = jax.random.split(rng)
-  return start_l2(x, eps, _sign(k_sign, (x.shape[0], n, x.shape[-1]), x.dtype),
-                  jax.random.bernoulli(k_t, 0.5, (n,)))
+  start = start_l1 if norm == "l1" else start_l2
+  return start(x, eps, _sign(k_sign, (x.shape[0], n, x.shape[-1]), x.dtype),
+               jax.random.bernoulli(k_t, 0.5, (n,)))
+
+
+# The L1 start and candidates are projected onto the ball of this radius
+# times ε (as the authors), so they lie strictly inside it.
+L1_SHRINK = 1.0 - 1e-6
+
+
+def _project_l1(x, delta, eps):
+  return jnp.clip(x + l1_box_projection(x, delta, eps * L1_SHRINK), 0.0, 1.0)
+
+
+def start_l1(x: jax.Array, eps: float, signs: jax.Array,
+             transpose: jax.Array) -> jax.Array:
+  """The L1 start `[batch, H, W, C]`: the block grid of unit-L1 patterns
+  (`l1_pattern`) with `signs` `[batch, blocks, C]`, transposed where
+  `transpose` `[blocks]`, projected onto the ball of radius ε(1 − 10⁻⁶) ∩
+  box (`attacks.l1_box_projection`; no rescaling first)."""
+  plain, transposed = (jnp.asarray(a, x.dtype)
+                       for a in _init_blocks(x.shape[1:], "l1"))
+  blocks = jnp.where(transpose[:, None, None], transposed, plain)
+  return _project_l1(x, jnp.einsum("bnc,nhw->bhwc", signs, blocks), eps)
 
 
 # -------------------------------------------------------------- steps
@@ -317,6 +362,32 @@ def propose_l2(x: jax.Array, x_best: jax.Array, eps: float,
   return jnp.clip(x + eps * _unit_l2(delta), 0.0, 1.0)
 
 
+def _l1_norm(v, axes):
+  return jnp.sum(jnp.abs(v), axis=axes, keepdims=True)
+
+
+def propose_l1(x: jax.Array, x_best: jax.Array, eps: float,
+               side: jax.Array, corner1, corner2, sign: jax.Array,
+               eta: jax.Array) -> jax.Array:
+  """L1 candidate `[batch, H, W, C]` (`propose_l2` with L1 norms): per
+  example and channel, window 1 gets δ_w1/‖δ_w1‖₁ + `sign`·`eta` rescaled
+  to L1 mass (max(ε − ‖δ‖₁, 0)/C + ‖δ_{w1 ∪ w2}‖₁)·C, window 2 is
+  emptied, and the result is projected onto the ball of radius
+  ε(1 − 10⁻⁶) ∩ box (the factor C as the authors' code)."""
+  _, hgt, wid, ch = x.shape
+  delta = x_best - x
+  w1 = _window(corner1, side, hgt, wid)
+  w2 = _window(corner2, side, hgt, wid)
+  old1 = _l1_norm(jnp.where(w1, delta, 0.0), (1, 2))           # [b,1,1,c]
+  both = _l1_norm(jnp.where(w1 | w2, delta, 0.0), (1, 2))
+  total = _l1_norm(delta, (1, 2, 3))                           # [b,1,1,1]
+  new = eta * sign + jnp.where(w1, delta, 0.0) / (1e-12 + old1)
+  size = (jnp.maximum(eps - total, 0.0) / ch + both) * ch
+  new = new / (1e-12 + _l1_norm(new, (1, 2))) * size
+  delta = jnp.where(w1, new, jnp.where(w2, 0.0, delta))
+  return _project_l1(x, delta, eps)
+
+
 def _candidate(rng, x, x_best, cfg, side, pattern_index, patterns):
   """Draws the iteration's randomness and proposes: window corners shared
   by the batch, signs per (example, channel), the L2 pattern transposed
@@ -331,19 +402,21 @@ def _candidate(rng, x, x_best, cfg, side, pattern_index, patterns):
   eta = jnp.where(jax.random.bernoulli(k_t, 0.5),
                   _place(transposed, pattern_index, corner1, hgt, wid),
                   _place(plain, pattern_index, corner1, hgt, wid))
-  return propose_l2(x, x_best, cfg.epsilon, side, corner1,
-                    _corner(k2, side, hgt, wid), sign, eta)
+  propose = propose_l1 if cfg.norm == "l1" else propose_l2
+  return propose(x, x_best, cfg.epsilon, side, corner1,
+                 _corner(k2, side, hgt, wid), sign, eta)
 
 
 def _l2_patterns(cfg: SquareConfig, shape, dtype):
   """Per p-level η patterns `[levels, H, W]` at the top-left, plain and
-  transposed, and the level index per iteration."""
+  transposed, and the level index per iteration (L2 or L1 patterns, by
+  `cfg.norm`)."""
   hgt, wid, _ = shape
-  sides = [window_side(cfg.p_init / 2**l, shape, "l2")
+  sides = [window_side(cfg.p_init / 2**l, shape, cfg.norm)
            for l in range(len(P_SCHEDULE) + 1)]
   plain = np.zeros((len(sides), hgt, wid))
   for l, s in enumerate(sides):
-    plain[l, :s, :s] = l2_pattern(s)
+    plain[l, :s, :s] = l2_pattern(s, cfg.norm)
   transposed = np.transpose(plain, (0, 2, 1))
   levels = np.asarray([p_level(i, cfg.num_queries, cfg.rescale_schedule)
                        for i in range(cfg.num_queries)], np.int32)
@@ -359,8 +432,10 @@ def square_init(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   (lowest so far); 'wrong' `[batch]` bool (argmax(x_best) ≠ y);
   'queries' `[batch]` int32; 'i' the iteration counter.
   """
-  init = _init_linf if cfg.norm == "linf" else _init_l2
-  x_best = init(jax.random.fold_in(rng, 0), x, cfg.epsilon)
+  if cfg.norm == "linf":
+    x_best = _init_linf(jax.random.fold_in(rng, 0), x, cfg.epsilon)
+  else:
+    x_best = _init_l2(jax.random.fold_in(rng, 0), x, cfg.epsilon, cfg.norm)
   logits = logits_fn(x_best)
   margin, loss = margin_and_loss(logits, y, cfg.loss)
   return dict(x_best=x_best, margin=margin, loss=loss,
@@ -379,7 +454,7 @@ def square_step(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   key = jax.random.fold_in(jax.random.fold_in(rng, 1), i)
   side = jnp.asarray(_side_table(cfg, x.shape[1:]))[i]
   patterns = index = None
-  if cfg.norm == "l2":
+  if cfg.norm != "linf":
     patterns, levels = _l2_patterns(cfg, x.shape[1:], x.dtype)
     index = jnp.asarray(levels)[i]
   x_new = _candidate(key, x, state["x_best"], cfg, side, index, patterns)

@@ -48,11 +48,16 @@ _VERSION_ATTACKS = {
              ("apgd_t", 1), ("fab_t", 1)),
     "rand": (("apgd_ce", 1), ("apgd_dlr", 1)),
 }
+# The standard version for norm 'l1' (set_version with norm 'L1'; Croce &
+# Hein, ICML 2021): APGD-CE with 5 restarts, APGD-T with 5 targets, both on
+# the large-ε schedule; FAB-T (9 targets) and Square (L1) as for L∞/L2.
+_L1_STANDARD = (("apgd_ce", 5), ("apgd_t", 1), ("fab_t", 1), ("square", 1))
+_L1_APGD_TARGETS = 5
 
 
 def autoattack_suite(version: str = "standard", epsilon: float = 8 / 255,
                      norm: str = "linf", *, names: Sequence[str] | None = None,
-                     num_steps: int = 100, num_target_classes: int = 9,
+                     num_steps: int = 100, num_target_classes: int | None = None,
                      square_queries: int = 5000, eot_iter: int = 20,
                      restarts: int | None = None, unroll="auto",
                      steps_per_call="auto",
@@ -66,11 +71,20 @@ def autoattack_suite(version: str = "standard", epsilon: float = 8 / 255,
   APGD-CE and APGD-DLR with the gradient averaged over `eot_iter` calls
   (expectation over transformations). APGD and FAB run `num_steps`
   iterations. `names` keeps a subset, in the version's order; `restarts`
-  replaces the version's restarts of every attack; `unroll` and
-  `steps_per_call` set APGD's loop form (`apgd.APGDConfig`).
+  replaces the version's restarts of every attack; `num_target_classes`
+  (default: the version's, 9) replaces the targets of APGD-T and FAB-T;
+  `unroll` and `steps_per_call` set APGD's loop form (`apgd.APGDConfig`).
+
+  norm 'l1' (Croce & Hein, "Mind the box", ICML 2021), version 'standard':
+  L1-APGD-CE with 5 restarts and L1-APGD-T with 5 targets, both on the
+  large-ε schedule (`apgd.large_eps_schedule`), FAB-T L1 with 9 targets,
+  Square L1. 'plus' and 'rand' keep their settings (the authors' code runs
+  them for L1 with a warning), APGD without the large-ε schedule.
   """
   check_choice(f"{prefix}.version", version, VERSIONS)
-  plan = _VERSION_ATTACKS[version]
+  check_choice(f"{prefix}.norm", norm, attacks.NORMS)
+  l1_standard = norm == "l1" and version == "standard"
+  plan = _L1_STANDARD if l1_standard else _VERSION_ATTACKS[version]
   if names:
     for n in names:
       check_choice(f"{prefix}.attacks entry", n, [a for a, _ in plan])
@@ -81,13 +95,14 @@ def autoattack_suite(version: str = "standard", epsilon: float = 8 / 255,
     kw = dict(epsilon=epsilon, norm=norm,
               restarts=version_restarts if restarts is None else restarts)
     if name.startswith("apgd"):
+      targets = num_target_classes or (_L1_APGD_TARGETS if l1_standard else 9)
       cfg = apgd.APGDConfig(loss=apgd.LOSS_OF[name], num_steps=num_steps, eot_iter=eot,
-                       num_target_classes=num_target_classes, unroll=unroll,
-                       steps_per_call=steps_per_call,
+                       num_target_classes=targets, unroll=unroll,
+                       steps_per_call=steps_per_call, large_eps=l1_standard,
                        **kw).validate(f"{prefix}.{name}")
     elif name.startswith("fab"):
       cfg = fab.FABConfig(num_steps=num_steps, targeted=name == "fab_t",
-                          num_target_classes=num_target_classes,
+                          num_target_classes=num_target_classes or 9,
                           **kw).validate(f"{prefix}.{name}")
     else:
       cfg = square.SquareConfig(num_queries=square_queries,
