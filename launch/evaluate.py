@@ -10,7 +10,9 @@
 model; `model.input_normalization` says how it expects its inputs), a
 launch/train workdir (its `checkpoints/best`) or a variables folder.
 Writes `eval_results.json`, `eval_records.npz` (per-example correctness) and
-`eval_report.md` into --workdir (rift_jax/evaluation/suite.py).
+`eval_report.md` into --workdir (rift_jax/evaluation/suite.py), and keeps
+each attack entry's state in <workdir>/suite_state/ after every batch: run
+the same command again after a kill and it continues where it stopped.
 """
 import os
 
@@ -27,11 +29,11 @@ FLAGS = common.FLAGS
 def main():
   from rift_jax import data, models, workdir
   from rift_jax.evaluation import records, suite
-  from rift_jax.experiments import validation
+  from rift_jax.experiments import robustness, validation
   from rift_jax.models import checkpoint
   common.maybe_initialize_distributed()
   config = FLAGS.config
-  validation.validate_evaluate(config)
+  plan = validation.validate_evaluate(config)
   path = FLAGS.checkpoint
   validation.check_checkpoint(config, path)
   # Created (and probed for writing) before any work: results are never lost.
@@ -44,8 +46,9 @@ def main():
   split = getattr(dataset, ev.split)
   if int(ev.num_examples):
     split = split.take(slice(0, int(ev.num_examples)))
-  results, recs = suite.run(config, models.ModelFns(model), variables, split,
-                            workdir=out, source=source)
+  results, recs = robustness.evaluate(config, plan, models.ModelFns(model),
+                                      variables, split, workdir=out,
+                                      source=source)
   workdir.write_json(os.path.join(out, "eval_results.json"), results)
   records.save(os.path.join(out, "eval_records.npz"), recs)
   workdir.write_text(os.path.join(out, "eval_report.md"), suite.markdown(results))

@@ -61,7 +61,7 @@ def _setup(config, mesh):
   model = models.build_model(config, info)
   fns = models.ModelFns(model)
   ctx = methods.context(config, fns)
-  tx = training.make_optimizer(config.optim, 10)
+  tx = training.make_optimizer(training.Optim.from_config(config.optim), 10)
   variables = models.init_variables(model, jax.random.PRNGKey(0), info.image_shape)
   state = training.create_state(variables, tx, jax.random.PRNGKey(1))
   step = training.make_train_step(ctx, tx, methods.get(config.method), info)

@@ -53,9 +53,9 @@ def test_aft_starts_from_the_natural_run_with_slow_start_fast_decay(
     seen["init"] = jax.device_get(variables)
     return real_create(variables, tx, rng, extra)
 
-  def make_optimizer(optim, steps_per_epoch, mask=None, prefix="optim"):
+  def make_optimizer(optim, steps_per_epoch, mask=None):
     seen["optim"] = (optim, steps_per_epoch)
-    return real_opt(optim, steps_per_epoch, mask, prefix)
+    return real_opt(optim, steps_per_epoch, mask)
 
   monkeypatch.setattr(training_loop, "create_state", create_state)
   monkeypatch.setattr(training_loop, "make_optimizer", make_optimizer)

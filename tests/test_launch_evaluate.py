@@ -107,6 +107,26 @@ def test_launch_evaluate_end_to_end(checkpoint, tmp_path):
     assert f"| {r['label']} | {r['final']:.2f} |" in report
   assert "| contrast |" in report
 
+  # Each attack entry kept its state; the same command again finds them
+  # finished and gives the same numbers; other attack settings in the same
+  # workdir are refused in one line, exit code 2 (the results stay).
+  assert {p.name for p in (out / "suite_state").iterdir()} == {
+      "pgd.npz", "apgd_ce.npz"}
+  again = run_cli("launch.evaluate", *ARGS, f"--checkpoint={path}",
+                  f"--workdir={out}",
+                  "--config.evaluate.suite= clean, pgd,apgd_ce ,ood")
+  assert again.returncode == 0, again.stderr[-3000:]
+  res2 = json.loads((out / "eval_results.json").read_text())
+  assert res2["attacks"]["apgd_ce"]["robust"] == r["robust"]
+  assert res2["attacks"]["pgd"]["final"] == res["attacks"]["pgd"]["final"]
+  other = run_cli("launch.evaluate", *ARGS, f"--checkpoint={path}",
+                  f"--workdir={out}", "--config.evaluate.suite=apgd_ce",
+                  "--config.evaluate.apgd.num_steps=3")
+  lines = [l for l in other.stderr.splitlines() if l.startswith("error: ")]
+  assert other.returncode == 2 and len(lines) == 1, other.stderr[-2000:]
+  assert "was written for another attacks" in lines[0]
+  assert json.loads((out / "eval_results.json").read_text()) == res2
+
 
 def test_launch_evaluate_unknown_suite_entry(checkpoint, tmp_path):
   path = checkpoint[0]

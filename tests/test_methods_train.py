@@ -64,7 +64,7 @@ def test_short_run_lowers_the_methods_loss(method, hp, bn_mode, tiny_data,
   fns = models.ModelFns(model)
   ctx = methods.context(config, fns)
   m = methods.get(method)
-  tx = training.make_optimizer(config.optim, 20)
+  tx = training.make_optimizer(training.Optim.from_config(config.optim), 20)
   variables = init_vars()
   extra = m.init_extra(variables) if m.init_extra else None
   start = [np.array(a) for a in jax.tree_util.tree_leaves(variables["params"])]
@@ -118,7 +118,7 @@ def test_init_from_and_revision_checkpoint(tiny_data, init_vars, tmp_path):
     np.testing.assert_array_equal(got["params"]["linear"]["bias"],
                                   nat["params"]["linear"]["bias"])
   # θ_rev lives in TrainState.extra and survives a checkpoint round trip.
-  tx = training.make_optimizer(config.optim, 6)
+  tx = training.make_optimizer(training.Optim.from_config(config.optim), 6)
   state = training.create_state(nat, tx, jax.random.PRNGKey(0),
                              methods.get("cure").init_extra(nat))
   ck = checkpoint.Checkpointer(str(tmp_path / "latest"))
@@ -153,12 +153,12 @@ def test_paper_configs_carry_the_authors_settings():
   assert (wrn.mart.lam, wrn.optim.lr, wrn.optim.weight_decay,
           wrn.optim.epochs) == (6.0, 0.1, 7e-4, 90)
   assert methods_paper.get_config("mart,resnet34").mart.lam == 5.0
-  lr = schedules.make_schedule(r18.optim, 10)
+  lr = schedules.make_schedule(training.Optim.from_config(r18.optim), 10)
   assert [float(lr(10 * e)) for e in (73, 74, 89, 99)] == pytest.approx(
       [0.01, 1e-3, 1e-4, 1e-5])
   # CURE: 120 epochs at 0.1, ×0.1 once: 1-based epoch 100 is the first at 0.01.
   cure = methods_paper.get_config("cure")
-  lr = schedules.make_schedule(cure.optim, 10)
+  lr = schedules.make_schedule(training.Optim.from_config(cure.optim), 10)
   assert cure.optim.epochs == 120
   assert [float(lr(10 * e)) for e in (98, 99, 119)] == pytest.approx(
       [0.1, 0.01, 0.01])

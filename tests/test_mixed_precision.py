@@ -18,7 +18,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -223,9 +222,8 @@ def test_training_steps_close_to_float32(tiny_cnn, synthetic):
   the steps as close (measured on CPU: losses within 0.2%, params 0.1%)."""
   model, variables = tiny_cnn
   model16 = model.clone(dtype=jnp.bfloat16)
-  optim = ml_collections.ConfigDict(dict(lr=0.05, momentum=0.9,
-                                         weight_decay=5e-4, epochs=1,
-                                         schedule="constant"))
+  optim = training.Optim(lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=1,
+                         schedule="constant")
   tx = training.make_optimizer(optim, 10)
   x = jnp.asarray(synthetic.train.images[:64] / 255.0, jnp.float32)
   y = jnp.asarray(synthetic.train.labels[:64])

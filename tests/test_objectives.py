@@ -389,20 +389,22 @@ def test_revision_update_rule():
 
 # ------------------------------------------------------------------ AFT
 def test_aft_schedule_warmup_then_decay():
-  import ml_collections
-  optim = ml_collections.ConfigDict(dict(
+  import dataclasses
+  from rift_jax import training
+  optim = training.Optim(
       lr=0.1, epochs=10, warmup_epochs=3.0, start_lr_factor=0.1,
-      end_lr_factor=0.0, decay_shape="linear"))
+      end_lr_factor=0.0, decay_shape="linear")
   f = schedules.slow_start_fast_decay(optim, 10)
   for t, want in [(0, 0.01), (15, 0.055), (30, 0.1), (65, 0.05), (100, 0.0)]:
     assert float(f(t)) == pytest.approx(want, abs=1e-7), t
-  optim.decay_shape = "cosine"
+  optim = dataclasses.replace(optim, decay_shape="cosine")
   assert float(schedules.slow_start_fast_decay(optim, 10)(65)) == pytest.approx(0.05)
-  optim.decay_shape, optim.end_lr_factor = "exponential", 0.01
+  optim = dataclasses.replace(optim, decay_shape="exponential",
+                              end_lr_factor=0.01)
   g = schedules.slow_start_fast_decay(optim, 10)
   assert float(g(65)) == pytest.approx(0.01, rel=1e-5)   # 0.1·0.01^(35/70)
   assert float(g(100)) == pytest.approx(0.001, rel=1e-5)
-  optim.schedule = "slow_start_fast_decay"
+  optim = dataclasses.replace(optim, schedule="slow_start_fast_decay")
   assert float(schedules.make_schedule(optim, 10)(30)) == pytest.approx(0.1)
 
 

@@ -1,4 +1,5 @@
 """RiFT steps 1–3: MRC, masked fine-tuning, interpolation, the pipeline."""
+import dataclasses
 import json
 import os
 
@@ -109,8 +110,8 @@ def test_mrc_sequential_and_vmap_agree_and_respect_the_ball(fixed_set, projectio
 def test_finetune_changes_only_the_chosen_kernel(tiny_cnn, synthetic):
   model, variables = tiny_cnn
   fns = models.ModelFns(model)
-  optim = finetuning.default_optim()
-  optim.epochs, optim.batch_size, optim.lr = 2, 64, 0.05
+  optim = dataclasses.replace(finetuning.default_optim(), epochs=2,
+                              batch_size=64, lr=0.05)
   for update_stats in (True, False):
     res = finetuning.finetune(fns, variables, synthetic, ["conv2"], optim,
                             update_batch_stats=update_stats, eval_batch_size=64,
@@ -134,8 +135,8 @@ def test_finetune_killed_after_an_epoch_resumes_to_the_same_numbers(
     tiny_cnn, synthetic, tmp_path):
   model, variables = tiny_cnn
   fns = models.ModelFns(model)
-  optim = finetuning.default_optim()
-  optim.epochs, optim.batch_size, optim.lr = 3, 64, 0.05
+  optim = dataclasses.replace(finetuning.default_optim(), epochs=3,
+                              batch_size=64, lr=0.05)
   kw = dict(eval_batch_size=64, progress=False, seed=3)
   whole = finetuning.finetune(fns, variables, synthetic, ["conv2"], optim, **kw)
   ckpt = str(tmp_path / "ft")

@@ -4,7 +4,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -29,8 +28,8 @@ def _config(**over):
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(tiny_cnn, synthetic):
   model, variables = tiny_cnn
-  optim = ml_collections.ConfigDict(dict(lr=0.05, momentum=0.9, weight_decay=5e-4,
-                                         epochs=1, schedule="constant"))
+  optim = training.Optim(lr=0.05, momentum=0.9, weight_decay=5e-4, epochs=1,
+                         schedule="constant")
   tx = training.make_optimizer(optim, 10)
   ctx = objectives.Context(models.ModelFns(model),
                            attacks.PGDConfig(0.03, 0.01, 2, unroll=False))
@@ -62,7 +61,8 @@ def test_kill_and_resume_gives_the_same_parameters(tmp_path, synthetic):
   ckpt = lambda d: checkpoint.Checkpointer(os.path.join(d, "checkpoints", "latest"))
   target = jax.device_get(full.variables)
   a = ckpt(str(tmp_path / "full")).restore(
-      training.create_state(target, training.make_optimizer(cfg.optim, 1),
+      training.create_state(target, training.make_optimizer(
+          training.Optim.from_config(cfg.optim), 1),
                          jax.random.PRNGKey(0)))[0]
   b = ckpt(part).restore(a)[0]
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -96,9 +96,26 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, synthetic):
 
 
 def test_piecewise_schedule_matches_the_paper_recipe():
-  optim = ml_collections.ConfigDict(dict(lr=0.1, epochs=110, schedule="piecewise",
-                                         lr_decay_epochs=(100, 105),
-                                         lr_decay_factor=0.1))
+  optim = training.Optim(lr=0.1, epochs=110, schedule="piecewise",
+                         lr_decay_epochs=(100, 105), lr_decay_factor=0.1)
   s = schedules.make_schedule(optim, steps_per_epoch=10)
   np.testing.assert_allclose([s(0), s(999), s(1000), s(1049), s(1050), s(1099)],
                              [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+
+
+def test_optim_settings_are_read_once_with_one_line_errors():
+  from rift_jax.errors import UserError
+  block = {"lr": "0.05", "epochs": 3.0, "lr_decay_epochs": [2], "batch_size": 64}
+  o = training.Optim.from_config(block)
+  assert (o.lr, o.epochs, o.lr_decay_epochs, o.batch_size) == (0.05, 3, (2,), 64)
+  assert o.momentum == training.Optim().momentum      # absent: the default
+  for bad, needle in (({"lrr": 0.1}, "optim.lrr is not an optimiser setting"),
+                      ({"lr": "fast"}, "optim.lr='fast' is not a float"),
+                      ({"lr": 0.0}, "optim.lr=0.0"),
+                      ({"schedule": "step"}, "optim.schedule='step'"),
+                      ({"schedule": "slow_start_fast_decay",
+                        "decay_shape": "exponential"}, "end_lr_factor=0.0")):
+    with pytest.raises(UserError, match=needle) as e:
+      training.Optim.from_config(bad)
+    assert "\n" not in str(e.value)
+  assert training.Optim.from_config({"lr": 0.0}, allow_zero_lr=True).lr == 0.0

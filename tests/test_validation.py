@@ -71,13 +71,17 @@ def test_a_valid_config_passes_and_evaluate_block_is_checked():
   validation.validate_rift(tiny.get_config())
   from configs import evaluate
   c = evaluate.get_config("quickstart")
-  assert validation.validate_evaluate(c) == ["clean", "pgd", "autoattack", "ood"]
+  plan = validation.validate_evaluate(c)
+  assert [e.name for e in plan.entries] == ["clean", "pgd", "autoattack", "ood"]
+  assert [a.name for a in plan.entries[2].attacks] == [
+      "apgd_ce", "apgd_t", "fab_t", "square"]
   c.unlock()
   c.evaluate.suite = "clean,fgsm"
   with pytest.raises(UserError, match="evaluate.suite entry='fgsm'"):
     validation.validate_evaluate(c)
   c.evaluate.suite = "clean,ood"
-  assert validation.validate_evaluate(c) == ["clean", "ood"]
+  assert [e.name for e in validation.validate_evaluate(c).entries] == [
+      "clean", "ood"]
   c.evaluate.ood.source = "generate"
   with pytest.raises(UserError, match="source='generate' is not allowed"):
     validation.validate_evaluate(c)

@@ -10,5 +10,5 @@ core module.
 
 from rift_jax._lazy import forward as _forward
 
-__all__ = ['CPU_STEPS_PER_CALL', 'INITS', 'LOSSES', 'NORMS', 'PGDConfig', 'ascent_step', 'check_per_call', 'cross_entropy', 'dlr', 'dlr_targeted', 'keep_worst', 'kl_divergence', 'margin', 'pgd', 'project', 'random_init', 'resolve_per_call', 'resolve_unroll', 'softmax_squared_error', 'target_classes']
+__all__ = ['CPU_STEPS_PER_CALL', 'INITS', 'LOSSES', 'NORMS', 'PGDConfig', 'ascent_step', 'check_per_call', 'cross_entropy', 'dlr', 'dlr_targeted', 'in_pieces', 'keep_worst', 'kl_divergence', 'margin', 'outcome', 'pgd', 'project', 'random_init', 'resolve_per_call', 'resolve_unroll', 'softmax_squared_error', 'target_classes']
 __getattr__, __dir__ = _forward(__name__, dict.fromkeys(__all__, "rift_jax.attacks.common"))

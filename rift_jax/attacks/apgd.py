@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +158,16 @@ class APGDConfig:
                       "large_eps=False")
     attacks.check_per_call(f"{prefix}.steps_per_call", self.steps_per_call)
     return self
+
+  # One run as a suite runs it (`attacks.common.outcome`).
+  black_box: ClassVar[bool] = False
+
+  def single_run(self) -> "APGDConfig":
+    return dataclasses.replace(self, restarts=1, num_target_classes=1)
+
+  def program(self, logits_of: Callable, restarts: int) -> Callable:
+    del restarts  # APGD's restarts differ only by their key
+    return _program(self, logits_of)
 
 
 def _loss(cfg: APGDConfig, logits, y, y_target):
@@ -487,3 +497,36 @@ def _runs(cfg: APGDConfig, num_classes: int) -> list[tuple[int, int]]:
     raise UserError(f"the DLR loss needs at least 3 classes, the model has "
                     f"{num_classes}")
   return [(r, 0) for r in range(cfg.restarts)]
+
+
+def _program(cfg: APGDConfig, logits_of: Callable) -> Callable:
+  """One run `(variables, rank, r, x, y, key) -> (fooled, size)`: the target
+  (APGD-T) from the clean logits, then the search — one jitted program, or
+  with `steps_per_call` > 0 (CPU's default) a host loop over compiled,
+  unrolled pieces of that many steps (`attacks.in_pieces`)."""
+  targeted = cfg.loss == "dlr_targeted"
+  per_call = attacks.resolve_per_call(cfg.steps_per_call)
+
+  def init(logits_fn, rank, r, x, y, key):
+    del r
+    y_t = attacks.target_classes(logits_fn(x), rank) if targeted else None
+    return apgd_init(logits_fn, x, y, key, cfg, y_t), y_t
+
+  if 0 < per_call < cfg.num_steps:
+    unroll = attacks.resolve_unroll(cfg.unroll)
+
+    def steps(logits_fn, x, y, y_t, state, first, count):
+      return apgd_steps(logits_fn, x, y, state, cfg, y_t, start=first,
+                        count=count, unroll=unroll)
+
+    return attacks.in_pieces(logits_of, cfg.num_steps, per_call, init, steps,
+                             lambda x, state: apgd_result(state, x)[0],
+                             cfg.norm)
+
+  def run(variables, rank, r, x, y, key):
+    logits_fn = logits_of(variables)
+    y_t = attacks.target_classes(logits_fn(x), rank) if targeted else None
+    x_adv, _ = apgd_run(logits_fn, x, y, key, cfg, y_t)
+    return attacks.outcome(logits_fn, x, x_adv, y, cfg.norm)
+
+  return jax.jit(run)

@@ -21,7 +21,8 @@ runs as fast. `benchmarks/base.py` measures both.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import functools
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -308,6 +309,24 @@ class PGDConfig:
         kw[k] = int(kw[k])
     return cls(**kw).validate(prefix)
 
+  # One run as a suite runs it (see `outcome`).
+  black_box: ClassVar[bool] = False
+
+  def single_run(self) -> "PGDConfig":
+    return dataclasses.replace(self, restarts=1)
+
+  def program(self, logits_of: Callable, restarts: int) -> Callable:
+    """One compiled run (PGD's restarts differ only by their key)."""
+    del restarts
+
+    def run(variables, rank, r, x, y, key):
+      del rank, r
+      logits_fn = logits_of(variables)
+      return outcome(logits_fn, x, pgd(logits_fn, x, y, key, self), y,
+                     self.norm)
+
+    return jax.jit(run)
+
 
 def pgd(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
         labels: jax.Array | None, rng: jax.Array, cfg: PGDConfig,
@@ -371,3 +390,60 @@ def keep_worst(best, x_adv, loss, fooled):
   pick = better.reshape((-1,) + (1,) * (x_adv.ndim - 1))
   return (jnp.where(pick, x_adv, b_x), jnp.where(better, loss, b_loss),
           fooled | b_fooled)
+
+
+# ------------------------------------------- one run, as a suite runs it
+# Every attack config (`PGDConfig`, `apgd.APGDConfig`, `fab.FABConfig`,
+# `square.SquareConfig`) knows how to run itself for a suite runner such as
+# `evaluation.autoattack.run_suite`: `runs(num_classes)` lists its (run,
+# target rank) pairs, `single_run()` is the config of one of them, and
+# `program(logits_of, restarts)` returns one compiled run
+# `(variables, rank, r, x, y, key) -> (fooled [batch], size [batch])`, where
+# `logits_of(variables)` is the model's logits function; `black_box` says
+# whether it uses the model's outputs only.
+def outcome(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+            x_adv: jax.Array, y: jax.Array, norm: str
+            ) -> tuple[jax.Array, jax.Array]:
+  """(fooled `[batch]`, ‖x_adv − x‖ `[batch]` in `norm`): the returned point
+  re-checked (as AutoAttack does) and its size."""
+  d = (x_adv - x).reshape(x.shape[0], -1)
+  size = (jnp.max(jnp.abs(d), -1) if norm == "linf" else
+          jnp.sum(jnp.abs(d), -1) if norm == "l1" else
+          jnp.sqrt(jnp.sum(d * d, -1)))
+  return jnp.argmax(logits_fn(x_adv), -1) != y, size
+
+
+def in_pieces(logits_of: Callable, num_steps: int, per_call: int, init,
+              steps, result, norm: str) -> Callable:
+  """A run as a host loop: a compiled start, one compiled piece of
+  `per_call` steps (the first step's index is an argument, so one program
+  serves every piece; a shorter last piece compiles once more) and a
+  compiled end with the re-check of `outcome`. The same numbers as one
+  program over all steps; on XLA:CPU a straight-line piece runs faster than
+  a loop body (`CPU_STEPS_PER_CALL`).
+
+  init(logits_fn, rank, r, x, y, key) -> (state, aux);
+  steps(logits_fn, x, y, aux, state, first, count) -> state;
+  result(x, state) -> x_adv.
+  """
+
+  @jax.jit
+  def start(variables, rank, r, x, y, key):
+    return init(logits_of(variables), rank, r, x, y, key)
+
+  @functools.partial(jax.jit, static_argnums=6, donate_argnums=4)
+  def piece(variables, x, y, aux, state, first, count):
+    return steps(logits_of(variables), x, y, aux, state, first, count)
+
+  @jax.jit
+  def end(variables, x, y, state):
+    return outcome(logits_of(variables), x, result(x, state), y, norm)
+
+  def run(variables, rank, r, x, y, key):
+    state, aux = start(variables, rank, r, x, y, key)
+    for first in range(0, num_steps, per_call):
+      state = piece(variables, x, y, aux, state, jnp.int32(first),
+                    min(per_call, num_steps - first))
+    return end(variables, x, y, state)
+
+  return run

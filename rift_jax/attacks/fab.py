@@ -53,7 +53,7 @@ Measurements, and the speed against torchattacks: docs/performance.md.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -229,6 +229,17 @@ class FABConfig:
                       "'auto', True, False or a positive int")
     attacks.check_per_call(f"{prefix}.steps_per_call", self.steps_per_call)
     return self
+
+  # One run as a suite runs it (`attacks.common.outcome`).
+  black_box: ClassVar[bool] = False
+
+  def single_run(self) -> "FABConfig":
+    return dataclasses.replace(self, restarts=1, num_target_classes=1)
+
+  def program(self, logits_of: Callable, restarts: int) -> Callable:
+    """`restarts`: the attack's own count, which decides the random starts
+    (`uses_random_start`)."""
+    return _program(self, logits_of, restarts)
 
 
 def resolve_unroll(unroll) -> bool | int:
@@ -462,3 +473,44 @@ def fab(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
                      xa, best)
     fooled = fooled | f
   return best
+
+
+def _program(cfg: FABConfig, logits_of: Callable, restarts: int) -> Callable:
+  """One run `(variables, rank, r, x, y, key) -> (fooled, size)`; run r
+  starts at a random point iff r % restarts > 0. One jitted program, or
+  with `steps_per_call` > 0 (CPU's default) a host loop over compiled
+  pieces (`attacks.in_pieces`; FAB's iteration does not depend on its
+  index; each piece is short, so unrolled unless the config says
+  otherwise)."""
+  per_call = attacks.resolve_per_call(cfg.steps_per_call)
+
+  def target(logits_fn, x, rank):
+    return (attacks.target_classes(logits_fn(x), rank) if cfg.targeted
+            else None)
+
+  if 0 < per_call < cfg.num_steps:
+    unroll = True if cfg.unroll == "auto" else cfg.unroll
+
+    def init(logits_fn, rank, r, x, y, key):
+      return fab_init(logits_fn, x, y, key, cfg,
+                      random_start=r % restarts > 0), target(logits_fn, x, rank)
+
+    def steps(logits_fn, x, y, y_t, state, first, count):
+      del first
+      return fab_steps(logits_fn, x, y, state, cfg, y_t, count=count,
+                       unroll=unroll)
+
+    def result(x, state):
+      _, x_best, best = state
+      return fab_result(x, x_best, best, cfg)[0]
+
+    return attacks.in_pieces(logits_of, cfg.num_steps, per_call, init, steps,
+                             result, cfg.norm)
+
+  def run(variables, rank, r, x, y, key):
+    logits_fn = logits_of(variables)
+    x_adv, _ = fab_run(logits_fn, x, y, key, cfg, target(logits_fn, x, rank),
+                       random_start=r % restarts > 0)
+    return attacks.outcome(logits_fn, x, x_adv, y, cfg.norm)
+
+  return jax.jit(run)

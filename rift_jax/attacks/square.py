@@ -64,7 +64,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +122,16 @@ class SquareConfig:
     check_choice(f"{prefix}.loss", self.loss, SQUARE_LOSSES)
     attacks.check_per_call(f"{prefix}.queries_per_call", self.queries_per_call)
     return self
+
+  # One run as a suite runs it (`attacks.common.outcome`): outputs only.
+  black_box: ClassVar[bool] = True
+
+  def single_run(self) -> "SquareConfig":
+    return dataclasses.replace(self, restarts=1)
+
+  def program(self, logits_of: Callable, restarts: int) -> Callable:
+    del restarts
+    return _program(self, logits_of)
 
 
 # Queries per compiled program on XLA:CPU (a host loop over unrolled
@@ -547,3 +557,30 @@ def square(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
     best = jnp.where(_bcast(fooled, x), best, xa)
     fooled = fooled | f
   return best
+
+
+def _program(cfg: SquareConfig, logits_of: Callable) -> Callable:
+  """One run `(variables, rank, r, x, y, key) -> (fooled, size)`: the search
+  (one jitted while loop, or with `queries_per_call` > 0, CPU's default,
+  `square_pieces`), then the re-check of `attacks.outcome`."""
+  per_call = attacks.resolve_per_call(cfg.queries_per_call,
+                                      CPU_QUERIES_PER_CALL)
+  if per_call > 0:
+    search = square_pieces(logits_of, cfg, per_call)
+    check = jax.jit(lambda variables, x, x_adv, y: attacks.outcome(
+        logits_of(variables), x, x_adv, y, cfg.norm))
+
+    def run(variables, rank, r, x, y, key):
+      del rank, r
+      x_adv, _, _ = search(variables, x, y, key)
+      return check(variables, x, x_adv, y)
+
+    return run
+
+  def whole(variables, rank, r, x, y, key):
+    del rank, r
+    logits_fn = logits_of(variables)
+    x_adv, _, _ = square_run(logits_fn, x, y, key, cfg)
+    return attacks.outcome(logits_fn, x, x_adv, y, cfg.norm)
+
+  return jax.jit(whole)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable, Sequence, Union
 
 import jax
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from rift_jax import attacks, data, evaluation, sharding
 from rift_jax.attacks import apgd, fab, square
-from rift_jax.evaluation import checks
+from rift_jax.evaluation import checks, resume
 from rift_jax.errors import check_choice
 
 # ------------------------------------------------------------- the suite
@@ -121,164 +122,16 @@ def _compiled_run(fns, cfg, restarts: int) -> Callable:
 
 @functools.lru_cache(maxsize=None)
 def _compiled_run_cached(fns, cfg, restarts: int, unroll_type: str) -> Callable:
-  """One run `(variables, rank, r, x, y, key) -> fooled [batch]`: the
-  target rank and the run index are arguments, so one compiled run serves
-  every restart and target (`cfg` has restarts = 1; `restarts` is the
-  attack's own count, which decides FAB's random starts). A jit of the
-  whole run, or a host loop over compiled pieces (APGD and FAB with
-  `steps_per_call` > 0, Square with `queries_per_call` > 0: CPU's default).
-  `unroll_type` is part of the cache key only."""
+  """One run `(variables, rank, r, x, y, key) -> (fooled, size) [batch]` of
+  the attack `cfg` (one restart, one target: `cfg.single_run()`), compiled
+  by the attack itself (`cfg.program`): the target rank and the run index
+  are arguments, so one compiled run serves every restart and target.
+  `restarts` is the attack's own count; `unroll_type` is part of the cache
+  key only."""
   del unroll_type
-  if isinstance(cfg, apgd.APGDConfig):
-    per_call = attacks.resolve_per_call(cfg.steps_per_call)
-    if 0 < per_call < cfg.num_steps:
-      return _apgd_in_pieces(fns, cfg, per_call)
-  if isinstance(cfg, fab.FABConfig):
-    per_call = attacks.resolve_per_call(cfg.steps_per_call)
-    if 0 < per_call < cfg.num_steps:
-      return _fab_in_pieces(fns, cfg, restarts, per_call)
-  if isinstance(cfg, square.SquareConfig):
-    per_call = attacks.resolve_per_call(cfg.queries_per_call,
-                                        square.CPU_QUERIES_PER_CALL)
-    if per_call > 0:
-      return _square_in_pieces(fns, cfg, per_call)
-
-  def run(variables, rank, r, x, y, key):
-    logits_fn = lambda xa: fns.logits(variables, xa, train=False)
-    clean_logits = logits_fn(x)
-    y_t = attacks.target_classes(clean_logits, rank)
-    if isinstance(cfg, apgd.APGDConfig):
-      x_adv, _ = apgd.apgd_run(logits_fn, x, y, key, cfg,
-                          y_t if cfg.loss == "dlr_targeted" else None)
-    elif isinstance(cfg, fab.FABConfig):
-      x_adv, _ = fab.fab_run(logits_fn, x, y, key, cfg,
-                             y_t if cfg.targeted else None,
-                             random_start=r % restarts > 0)
-    elif isinstance(cfg, square.SquareConfig):
-      x_adv, _, _ = square.square_run(logits_fn, x, y, key, cfg)
-    else:
-      x_adv = attacks.pgd(logits_fn, x, y, key, cfg)
-    return _outcome(logits_fn, x, x_adv, y, cfg.norm)
-
-  return jax.jit(run)
-
-
-def _outcome(logits_fn, x, x_adv, y, norm: str):
-  """(fooled `[batch]`, ‖x_adv − x‖ `[batch]` in the attack's norm): the
-  returned point re-checked, as AutoAttack does, and its size."""
-  d = (x_adv - x).reshape(x.shape[0], -1)
-  size = (jnp.max(jnp.abs(d), -1) if norm == "linf" else
-          jnp.sum(jnp.abs(d), -1) if norm == "l1" else
-          jnp.sqrt(jnp.sum(d * d, -1)))
-  return jnp.argmax(logits_fn(x_adv), -1) != y, size
-
-
-def _logits_of(fns):
-  """variables -> the model's inference-mode logits function."""
-  return lambda variables: (lambda xa: fns.logits(variables, xa, train=False))
-
-
-def _in_pieces(fns, num_steps: int, per_call: int, init, steps, result,
-               norm: str):
-  """A run as a host loop: a compiled start, one compiled piece of
-  `per_call` steps (the first step's index is an argument, so one program
-  serves every piece; a shorter last piece compiles once more) and a
-  compiled end with AutoAttack's re-check of the returned point. The same
-  numbers as one program over all steps.
-
-  init(logits_fn, rank, r, x, y, key) -> (state, aux);
-  steps(logits_fn, x, y, aux, state, first, count) -> state;
-  result(x, state) -> x_adv.
-  """
-  logits_of = _logits_of(fns)
-
-  @jax.jit
-  def start(variables, rank, r, x, y, key):
-    return init(logits_of(variables), rank, r, x, y, key)
-
-  @functools.partial(jax.jit, static_argnums=6, donate_argnums=4)
-  def piece(variables, x, y, aux, state, first, count):
-    return steps(logits_of(variables), x, y, aux, state, first, count)
-
-  @jax.jit
-  def end(variables, x, y, state):
-    return _outcome(logits_of(variables), x, result(x, state), y, norm)
-
-  def run(variables, rank, r, x, y, key):
-    state, aux = start(variables, rank, r, x, y, key)
-    for first in range(0, num_steps, per_call):
-      state = piece(variables, x, y, aux, state, jnp.int32(first),
-                    min(per_call, num_steps - first))
-    return end(variables, x, y, state)
-
-  return run
-
-
-def _apgd_in_pieces(fns, cfg: apgd.APGDConfig, per_call: int) -> Callable:
-  """APGD as `_in_pieces` (unrolled pieces on CPU: `cfg.unroll`); the
-  target (APGD-T) is computed once, in the start."""
-  unroll = attacks.resolve_unroll(cfg.unroll)
-  targeted = cfg.loss == "dlr_targeted"
-
-  def init(logits_fn, rank, r, x, y, key):
-    del r  # APGD's restarts differ only by their key
-    y_t = attacks.target_classes(logits_fn(x), rank) if targeted else None
-    return apgd.apgd_init(logits_fn, x, y, key, cfg, y_t), y_t
-
-  def steps(logits_fn, x, y, y_t, state, first, count):
-    return apgd.apgd_steps(logits_fn, x, y, state, cfg, y_t, start=first,
-                      count=count, unroll=unroll)
-
-  return _in_pieces(fns, cfg.num_steps, per_call, init, steps,
-                    lambda x, state: apgd.apgd_result(state, x)[0], cfg.norm)
-
-
-def _fab_in_pieces(fns, cfg, restarts: int, per_call: int) -> Callable:
-  """FAB as `_in_pieces` (its iteration does not depend on its index);
-  each piece is short, so unrolled unless the config says otherwise."""
-  unroll = True if cfg.unroll == "auto" else cfg.unroll
-
-  def init(logits_fn, rank, r, x, y, key):
-    y_t = (attacks.target_classes(logits_fn(x), rank) if cfg.targeted
-           else None)
-    return fab.fab_init(logits_fn, x, y, key, cfg,
-                        random_start=r % restarts > 0), y_t
-
-  def steps(logits_fn, x, y, y_t, state, first, count):
-    del first
-    return fab.fab_steps(logits_fn, x, y, state, cfg, y_t, count=count,
-                         unroll=unroll)
-
-  def result(x, state):
-    _, x_best, best = state
-    return fab.fab_result(x, x_best, best, cfg)[0]
-
-  return _in_pieces(fns, cfg.num_steps, per_call, init, steps, result,
-                    cfg.norm)
-
-
-def _square_in_pieces(fns, cfg, per_call: int) -> Callable:
-  """Square as `square.square_pieces` (a host loop over compiled pieces of
-  queries, early exit between them), then AutoAttack's re-check."""
-  logits_of = _logits_of(fns)
-  search = square.square_pieces(logits_of, cfg, per_call)
-  check = jax.jit(lambda variables, x, x_adv, y: _outcome(
-      logits_of(variables), x, x_adv, y, cfg.norm))
-
-  def run(variables, rank, r, x, y, key):
-    del rank, r
-    x_adv, _, _ = search(variables, x, y, key)
-    return check(variables, x, x_adv, y)
-
-  return run
-
-
-def _single_run(cfg):
-  """The config of one compiled run (one restart, one target)."""
-  cfg = dataclasses.replace(cfg, restarts=1)
-  if isinstance(cfg, (apgd.APGDConfig, fab.FABConfig)):
-    cfg = dataclasses.replace(cfg, num_target_classes=1)
-  return cfg
+  return cfg.program(
+      lambda variables: (lambda xa: fns.logits(variables, xa, train=False)),
+      restarts)
 
 
 @functools.lru_cache(maxsize=None)
@@ -309,7 +162,7 @@ MASKING_THRESHOLD_PP = 0.2
 
 def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
               batch_size: int, rng: jax.Array, mesh: Any = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, state_path: str | None = None) -> dict:
   """Clean accuracy, then each attack in turn on the examples still robust.
 
   Args:
@@ -319,6 +172,12 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
     batch_size: examples per compiled call (padded; divisible by the devices).
     rng: key; attack k, run r uses fold_in(fold_in(rng, k), r), batch i
       fold_in(·, i).
+    state_path: if given, the evaluation's state is kept in this file
+      (`resume.Journal`), written atomically after every batch; a call that
+      finds it continues where the last one stopped and returns the same
+      numbers as an uninterrupted call (a state written for another model,
+      split, attack list, batch size or key is refused). A finished state
+      returns its results at once.
 
   Returns:
     {'n', 'clean', 'robust': {attack name: robust accuracy (%) after it and
@@ -334,77 +193,159 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
     plan a run on an accelerator from a CPU trial,
     'warnings': [text]} — AutoAttack's checks (`rift_jax.evaluation.checks`,
     on the first batch): randomness, outputs that are probabilities, zero
-    input gradients, more targets than classes; and Square (black-box)
-    breaking more than 0.2 pp of the points the white-box attacks left
-    robust (a sign of gradient masking).
+    input gradients, more targets than classes; and a black-box attack
+    (Square) breaking more than 0.2 pp of the points the white-box attacks
+    left robust (a sign of gradient masking).
   """
-  import time
   mesh = mesh or sharding.make_mesh()
   variables = sharding.replicate(variables, mesh)
-  n = len(split)
-  batches = evaluation.Batches(split, batch_size, mesh)
-  robust = evaluation.per_example(_compiled_clean(fns), batches, consts=(variables,))
-  out = {"n": n, "clean": 100.0 * robust.mean(), "robust": {}, "seconds": {},
-         "cost": {}, "per_example": {"clean": robust.copy()}, "warnings": []}
-  first = evaluation.Batches(split.take(np.arange(min(n, batch_size))), batch_size,
-                           mesh)
-  a, b = (evaluation.per_example(_compiled_logits(fns), first, consts=(variables,))
-          for _ in range(2))
-  num_classes = int(a.shape[-1])
-  # Attribution, per example: the index in `suite` of the attack that first
-  # broke it (−1: misclassified clean; len(suite): still robust), its run
-  # (restart / target), target rank (0: untargeted) and ‖x_adv − x‖.
-  who = {"attack": np.where(robust, len(suite), -1).astype(np.int32),
-         "run": np.full(n, -1, np.int32), "target_rank": np.full(n, -1, np.int32),
-         "size": np.full(n, np.nan, np.float32)}
-  out["attribution"] = who
-  grad_norms = evaluation.per_example(_compiled_input_grad_norm(fns), first,
-                                      consts=(variables,))
-  out["warnings"] += [w for w in (checks.randomness(a, b), checks.range_output(a),
-                                  checks.zero_gradients(grad_norms)) if w]
-  out["warnings"] += checks.n_classes(suite, num_classes)
-  white_box_survivors = None
+  journal = saved = None
+  if state_path:
+    journal = resume.Journal(state_path, {
+        "model": resume.digest(variables), "data": resume.digest(
+            split.images, split.labels),
+        "attacks": "; ".join(f"{a.name}={a.cfg!r}" for a in suite),
+        "batch_size": batch_size,
+        "key": resume.digest(jax.random.key_data(rng))})
+    saved = journal.load()
+  if saved:
+    out, arrays = _restore(*saved)
+  else:
+    out, arrays = _start(fns, variables, split, suite, batch_size, mesh)
+  robust, who = arrays["robust"], arrays["attribution"]
+  pos = out.pop("_position", {"attack": 0, "run": 0, "batch": 0})
+  num_classes = out["num_classes"]
+
+  def save(position):
+    if journal:
+      journal.save({**out, "_position": position}, _flat_arrays(arrays))
+
+  if not saved:
+    save(pos)
   for k, attack in enumerate(suite):
-    t0 = time.time()
-    if isinstance(attack.cfg, square.SquareConfig) and white_box_survivors is None:
-      white_box_survivors = robust.copy()
-    run_fn = _compiled_run(fns, _single_run(attack.cfg), attack.cfg.restarts)
+    if k < pos["attack"]:
+      continue
+    if attack.cfg.black_box and "white_box_survivors" not in arrays:
+      arrays["white_box_survivors"] = robust.copy()
+    run_fn = _compiled_run(fns, attack.cfg.single_run(), attack.cfg.restarts)
     runs = attack.runs(num_classes)
-    bar = tqdm(runs, desc=attack.name, disable=not progress, leave=False)
     # Each run also takes one forward for the targets and one to re-check.
     per_run = attack.cfg.passes(num_classes)
     per_run = {"grad": per_run["grad"], "forward": per_run["forward"] + 2}
-    attacked = 0
-    for r, rank in bar:
-      todo = np.flatnonzero(robust)
-      attacked += int(todo.size)
-      if todo.size:
-        key = jax.random.fold_in(jax.random.fold_in(rng, k), r)
-        fooled, size = evaluation.per_example(
-            run_fn, evaluation.Batches(split.take(todo), batch_size, mesh),
-            consts=(variables, jnp.int32(rank), jnp.int32(r)), rng=key)
-        broken = todo[fooled]
+    spent = out["_spent"].setdefault(attack.name, {"seconds": 0.0,
+                                                   "attacked": 0})
+    t0 = time.time() - spent["seconds"]
+    bar = tqdm(total=len(runs), initial=min(pos["run"], len(runs)) if
+               k == pos["attack"] else 0, desc=attack.name,
+               disable=not progress, leave=False)
+    for j, (r, rank) in enumerate(runs):
+      if k == pos["attack"] and j < pos["run"]:
+        continue
+      if k == pos["attack"] and j == pos["run"] and pos["batch"]:
+        todo, first = arrays["todo"], pos["batch"]
+      else:
+        todo, first = np.flatnonzero(robust), 0
+        arrays["todo"] = todo
+        spent["attacked"] += int(todo.size)
+      key = jax.random.fold_in(jax.random.fold_in(rng, k), r)
+
+      def on_batch(i, result, k=k, j=j, r=r, rank=rank, todo=todo):
+        fooled, size = result
+        rows = todo[i * batch_size:(i + 1) * batch_size]
+        broken = rows[fooled]
         robust[broken] = False
         who["attack"][broken], who["run"][broken] = k, r
         who["target_rank"][broken], who["size"][broken] = rank, size[fooled]
+        spent["seconds"] = time.time() - t0
+        save({"attack": k, "run": j, "batch": i + 1})
+
+      rest = todo[first * batch_size:]
+      if rest.size:
+        evaluation.per_example(
+            run_fn, evaluation.Batches(split.take(rest), batch_size, mesh),
+            consts=(variables, jnp.int32(rank), jnp.int32(r)), rng=key,
+            first=first, on_batch=on_batch)
+      spent["seconds"] = time.time() - t0
+      save({"attack": k, "run": j + 1, "batch": 0})
+      bar.update(1)
       bar.set_postfix(robust=f"{100.0 * robust.mean():.2f}%")
+    bar.close()
     out["robust"][attack.name] = 100.0 * robust.mean()
-    out["per_example"][attack.name] = robust.copy()
+    arrays["per_example"][attack.name] = robust.copy()
     seconds = time.time() - t0
     out["seconds"][attack.name] = round(seconds, 2)
     out["cost"][attack.name] = {
         "seconds": round(seconds, 2), "runs": len(runs),
-        "examples_attacked": attacked,
-        "images_per_s": round(attacked / max(seconds, 1e-9), 2),
+        "examples_attacked": spent["attacked"],
+        "images_per_s": round(spent["attacked"] / max(seconds, 1e-9), 2),
         "passes_per_example_run": per_run,
-        "grad_passes": attacked * per_run["grad"],
-        "forward_passes": attacked * per_run["forward"]}
-    if isinstance(attack.cfg, square.SquareConfig):
-      broken = 100.0 * float(np.mean(white_box_survivors & ~robust))
+        "grad_passes": spent["attacked"] * per_run["grad"],
+        "forward_passes": spent["attacked"] * per_run["forward"]}
+    if attack.cfg.black_box:
+      broken = 100.0 * float(np.mean(arrays["white_box_survivors"] & ~robust))
       out["square_broke_pp"] = broken
       if broken > MASKING_THRESHOLD_PP:
         out["warnings"].append(
-            f"Square (black-box) broke {broken:.2f} pp of the examples the "
-            "white-box attacks left robust (> 0.2 pp): a sign of gradient "
+            f"{attack.name} (black-box) broke {broken:.2f} pp of the examples "
+            "the white-box attacks left robust (> 0.2 pp): a sign of gradient "
             "masking; the white-box numbers overstate robustness")
-  return out
+    save({"attack": k + 1, "run": 0, "batch": 0})
+  for private in ("_spent", "num_classes"):
+    out.pop(private)
+  return {**out, "per_example": arrays["per_example"],
+          "attribution": arrays["attribution"]}
+
+
+def _start(fns, variables, split, suite, batch_size, mesh):
+  """Clean correctness, the checks, and empty attribution: (scalars,
+  arrays) of a suite before its first attack."""
+  n = len(split)
+  batches = evaluation.Batches(split, batch_size, mesh)
+  robust = evaluation.per_example(_compiled_clean(fns), batches,
+                                  consts=(variables,))
+  first = evaluation.Batches(split.take(np.arange(min(n, batch_size))),
+                             batch_size, mesh)
+  a, b = (evaluation.per_example(_compiled_logits(fns), first,
+                                 consts=(variables,)) for _ in range(2))
+  num_classes = int(a.shape[-1])
+  grad_norms = evaluation.per_example(_compiled_input_grad_norm(fns), first,
+                                      consts=(variables,))
+  warnings = [w for w in (checks.randomness(a, b), checks.range_output(a),
+                          checks.zero_gradients(grad_norms)) if w]
+  warnings += checks.n_classes(suite, num_classes)
+  out = {"n": n, "clean": 100.0 * robust.mean(), "robust": {}, "seconds": {},
+         "cost": {}, "warnings": warnings, "num_classes": num_classes,
+         "_spent": {}}
+  # Attribution, per example: the index in `suite` of the attack that first
+  # broke it (−1: misclassified clean; len(suite): still robust), its run
+  # (restart / target), target rank (0: untargeted) and ‖x_adv − x‖.
+  who = {"attack": np.where(robust, len(suite), -1).astype(np.int32),
+         "run": np.full(n, -1, np.int32),
+         "target_rank": np.full(n, -1, np.int32),
+         "size": np.full(n, np.nan, np.float32)}
+  arrays = {"robust": robust, "attribution": who,
+            "per_example": {"clean": robust.copy()}}
+  return out, arrays
+
+
+def _flat_arrays(arrays: dict) -> dict[str, np.ndarray]:
+  """The suite's arrays as flat npz names ('per_example/apgd_ce', ...)."""
+  flat = {}
+  for name, v in arrays.items():
+    if isinstance(v, dict):
+      flat.update({f"{name}/{k}": a for k, a in v.items()})
+    else:
+      flat[name] = v
+  return flat
+
+
+def _restore(scalars: dict, flat: dict[str, np.ndarray]):
+  """(scalars, arrays) from a saved state (the inverse of `_flat_arrays`)."""
+  arrays = {"per_example": {}, "attribution": {}}
+  for name, v in flat.items():
+    group, _, key = name.partition("/")
+    if key:
+      arrays[group][key] = np.array(v)
+    else:
+      arrays[name] = np.array(v)
+  return scalars, arrays

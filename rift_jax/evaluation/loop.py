@@ -95,7 +95,8 @@ class Batches:
 
 def per_example(fn: Callable, batches: Batches, consts: Sequence[Any] = (),
                 rng: jax.Array | None = None, axis: int = 0,
-                desc: str | None = None):
+                desc: str | None = None, first: int = 0,
+                on_batch: Callable[[int, Any], None] | None = None):
   """Runs `fn(*consts, x, y[, key])` on every batch; per-example outputs.
 
   Args:
@@ -104,8 +105,12 @@ def per_example(fn: Callable, batches: Batches, consts: Sequence[Any] = (),
       axis=1 for a vmapped stack of models).
     batches: the split as `Batches`.
     consts: leading arguments, the same for every batch (variables, ...).
-    rng: if given, batch i gets `jax.random.fold_in(rng, i)` as last argument.
+    rng: if given, batch i gets `jax.random.fold_in(rng, first + i)` as last
+      argument (`first`: the index of the first batch, when a resumed loop
+      passes the batches after those already done).
     desc: a progress bar label (None: no bar).
+    on_batch: called as `on_batch(first + i, outputs of batch i)` (numpy,
+      padding dropped), in order, as each batch's outputs reach the host.
 
   Returns:
     The outputs for the whole split as numpy arrays, batches concatenated
@@ -119,12 +124,14 @@ def per_example(fn: Callable, batches: Batches, consts: Sequence[Any] = (),
     out = jax.tree_util.tree_map(sharding.to_host, out)
     outs.append(jax.tree_util.tree_map(
         lambda a: np.take(a, np.arange(sizes[i]), axis=axis), out))
+    if on_batch is not None:
+      on_batch(first + i, outs[-1])
 
   bar = tqdm(batches, total=len(batches), desc=desc, disable=desc is None,
              leave=False)
   for i, (x, y) in enumerate(bar):
-    args = (*consts, x, y) + ((jax.random.fold_in(rng, i),) if rng is not None
-                              else ())
+    args = (*consts, x, y) + ((jax.random.fold_in(rng, first + i),)
+                              if rng is not None else ())
     pending.append((i, fn(*args)))
     if len(pending) > 2:  # keep the device busy; fetch with a lag
       fetch()

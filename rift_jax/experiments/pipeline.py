@@ -27,6 +27,7 @@ Workdir layout:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -140,9 +141,9 @@ def stage_finetune_and_interpolate(config, workdir, run_name, fns, theta_at,
           checkpoint_dir=_path(run_dir, "checkpoints"))
       theta_ft = res.variables
       checkpoint.save_variables(ft_vars_dir, theta_ft, {"modules": res.modules,
-                                                        "lr": float(optim.lr)})
+                                                        "lr": optim.lr})
       ft_info = {"modules": res.modules, "best_epoch": res.best_epoch,
-                 "best_val_clean": res.best_val_clean, "lr": float(optim.lr),
+                 "best_val_clean": res.best_val_clean, "lr": optim.lr,
                  "history": res.history}
       wd.write_json(ft_json, ft_info)
       # θ_FT and its record are kept: the per-epoch resume state is not.
@@ -317,9 +318,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                                         int(r.finetune.k), r.finetune.modules)
     lrs = list(r.finetune.lr_sweep) or [float(r.finetune.optim.lr)]
     best = None
+    settings = training.Optim.from_config(r.finetune.optim, "rift.finetune.optim",
+                                          allow_zero_lr=True)
     for lr in lrs:
-      optim = ml_collections.ConfigDict(r.finetune.optim.to_dict())
-      optim.lr = float(lr)
+      optim = dataclasses.replace(settings, lr=float(lr))
       # A sweep's runs are named by their lr (a sweep of one included, so a
       # sweep cut down to the lrs already run resumes them).
       run_name = f"{name}_lr{lr:g}" if r.finetune.lr_sweep else name

@@ -9,13 +9,13 @@ calls one of these at its boundary (`launch/*`, `pipeline.run`):
 - `validate_rift(config)`: the above (or the θ_AT checkpoint) and every
   `rift.*` block, module names resolved on the abstract model (no compute),
   and `check_installed`;
-- `validate_evaluate(config)`: data, model and the `evaluate` block;
+- `validate_evaluate(config)`: data, model and the `evaluate` block (its plan);
 - `check_installed(config)`: every package a RiFT run imports late (the θ*
   export, the OOD generator, the plots), imported now.
 
 Each raises `UserError` with one line naming the full key, the bad value and
 what is allowed; the checks themselves live with the code that uses the
-values (`criticality.check_settings`, `training.check_optim`, ...), so there is
+values (`criticality.check_settings`, `training.Optim.from_config`, ...), so there is
 one definition of "allowed" per setting.
 """
 from __future__ import annotations
@@ -28,11 +28,11 @@ import jax
 
 from rift_jax import attacks, data, models, training
 from rift_jax.data import corruptions
-from rift_jax.evaluation import suite
 from rift_jax.models import checkpoint
 from rift_jax.rift import criticality, finetuning, interpolation
 from rift_jax.training import methods
 from rift_jax.errors import UserError, check_choice, check_range
+from rift_jax.experiments import robustness
 
 DATA_SOURCES = ("tfds", "debian")
 
@@ -69,7 +69,7 @@ def validate_train(config) -> None:
   validate_common(config)
   method = methods.get(config.method)
   methods.context(config)   # the method's block and the training attack
-  training.check_optim(config.optim)
+  training.Optim.from_config(config.optim)
   _bool("augment", config.get("augment", True))
   check_range("log_every", int(config.get("log_every", 10)), 1)
   init_from = config.get("init_from", "") or ""
@@ -116,7 +116,8 @@ def validate_rift(config) -> None:
   _bool("rift.finetune.augment", ft.augment)
   for lr in ft.lr_sweep:
     check_range("rift.finetune.lr_sweep entry", float(lr), 0.0, low_open=True)
-  training.check_optim(ft.optim, "rift.finetune.optim", allow_zero_lr=True)
+  training.Optim.from_config(ft.optim, "rift.finetune.optim",
+                             allow_zero_lr=True)
   interpolation.check_alphas(r.alphas)
   check_range("rift.tolerance", float(r.tolerance), 0.0)
   check_range("rift.noninferiority_margin", float(r.noninferiority_margin), 0.0)
@@ -192,13 +193,14 @@ def check_modules(config) -> None:
     models.resolve_modules(params, list(r.finetune.modules))
 
 
-def validate_evaluate(config) -> list[str]:
-  """data, model and the `evaluate` block; returns the suite's entries."""
+def validate_evaluate(config):
+  """data, model and the `evaluate` block; returns the evaluation's
+  `suite.Plan` (`rift_jax.experiments.robustness.plan`)."""
   if "evaluate" not in config:
     raise UserError("the config has no 'evaluate' block; use "
                     "--config=configs/evaluate.py:<training config name>")
   validate_common(config)
-  return suite.check(config.evaluate)
+  return robustness.plan(config)
 
 
 def check_checkpoint(config, path: str, name: str = "--checkpoint") -> None:

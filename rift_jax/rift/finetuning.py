@@ -37,12 +37,11 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from rift_jax import attacks, data, evaluation, models, sharding, training
 from rift_jax.models import checkpoint
 from rift_jax.training import objectives
-from rift_jax.errors import UserError, check_choice, check_range
+from rift_jax.errors import UserError, check_choice
 
 TARGETS = ("non_robust_critical", "robust_critical", "all", "last", "topk",
            "modules")
@@ -58,11 +57,11 @@ class FinetuneResult:
   history: list[dict]     # epoch 0 = θ, then one record per epoch
 
 
-def default_optim() -> ml_collections.ConfigDict:
+def default_optim() -> training.Optim:
   """The paper's fine-tuning recipe (RiFT §4, implementation details)."""
-  return ml_collections.ConfigDict(dict(
-      lr=1e-3, momentum=0.9, weight_decay=5e-4, nesterov=False, batch_size=128,
-      epochs=10, schedule="piecewise", lr_decay_epochs=(5,), lr_decay_factor=0.1))
+  return training.Optim(lr=1e-3, momentum=0.9, weight_decay=5e-4,
+                        batch_size=128, epochs=10, schedule="piecewise",
+                        lr_decay_epochs=(5,), lr_decay_factor=0.1)
 
 
 def candidate_modules(params, preset: str = "all") -> list[str]:
@@ -112,7 +111,7 @@ def target_modules(target: str, scores: dict, candidates: Sequence[str], k: int,
 
 
 def finetune(fns: models.ModelFns, variables, dataset: data.Dataset,
-             modules: Sequence[str], optim: ml_collections.ConfigDict | None = None,
+             modules: Sequence[str], optim: training.Optim | None = None,
              *, update_batch_stats: bool = True, augment: bool = True,
              seed: int = 0, eval_batch_size: int = 256, mesh=None,
              progress: bool = True, checkpoint_dir: str | None = None,
@@ -131,16 +130,14 @@ def finetune(fns: models.ModelFns, variables, dataset: data.Dataset,
   params = variables["params"]
   modules = models.resolve_modules(params, list(modules))
   mesh = mesh or sharding.make_mesh()
-  batch_size = int(optim.batch_size)
-  check_range("rift.finetune.optim.batch_size", batch_size, 1)
+  batch_size = optim.batch_size
   sharding.check_batch_size(batch_size, mesh, "rift.finetune.optim.batch_size")
   if len(dataset.train) < batch_size:
     raise UserError(f"rift.finetune.optim.batch_size={batch_size} is larger "
                     f"than the {len(dataset.train)} training images")
   steps_per_epoch = len(dataset.train) // batch_size
   tx = training.make_optimizer(optim, steps_per_epoch,
-                            mask=models.module_mask(params, modules),
-                            prefix="rift.finetune.optim", allow_zero_lr=True)
+                               mask=models.module_mask(params, modules))
   # The train step donates its state: copy, so θ's buffers stay valid.
   own = jax.tree_util.tree_map(jnp.copy, variables)
   state = sharding.replicate(
@@ -181,7 +178,7 @@ def finetune(fns: models.ModelFns, variables, dataset: data.Dataset,
 
   result = training.fit(
       state, step, dataset.train, batch_size=batch_size, seed=seed,
-      epochs=int(optim.epochs), mesh=mesh,
+      epochs=optim.epochs, mesh=mesh,
       validate=lambda s, e: {"val_clean": val_clean(s.variables)},
       select="val_clean", on_epoch=keep_best, desc=f"fine-tune {','.join(modules)}",
       what="fine-tuning", progress=progress, start_epoch=start_epoch,

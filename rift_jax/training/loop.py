@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from rift_jax import attacks, data, evaluation, models, sharding, workdir as wd
 from rift_jax.models import checkpoint
 from rift_jax.training import methods, objectives, schedules
-from rift_jax.errors import NonFiniteLoss, UserError, check_range
+from rift_jax.training.optim import Optim, make_optimizer
+from rift_jax.errors import NonFiniteLoss, UserError
 
 
 @flax.struct.dataclass
@@ -44,46 +45,6 @@ class TrainState:
   @property
   def variables(self):
     return {"params": self.params, "batch_stats": self.batch_stats}
-
-
-# ------------------------------------------------------------- optimiser
-def check_optim(optim, prefix: str = "optim", allow_zero_lr: bool = False) -> None:
-  """Every field of an `optim` block (schedule and batch size included).
-  `allow_zero_lr`: lr 0 is allowed (RiFT fine-tuning at lr 0 moves only the
-  BatchNorm statistics: a diagnostic)."""
-  _check_sgd(optim, prefix, allow_zero_lr)
-  check_range(f"{prefix}.batch_size", int(optim.batch_size), 1)
-
-
-def _check_sgd(optim, prefix: str, allow_zero_lr: bool = False) -> None:
-  check_range(f"{prefix}.lr", float(optim.lr), 0.0, low_open=not allow_zero_lr)
-  check_range(f"{prefix}.momentum", float(optim.momentum), 0.0, 1.0,
-              high_open=True)
-  check_range(f"{prefix}.weight_decay", float(optim.weight_decay), 0.0)
-  schedules.validate(optim, prefix)
-
-
-def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
-                   mask: Any = None, prefix: str = "optim",
-                   allow_zero_lr: bool = False) -> optax.GradientTransformation:
-  """SGD with momentum and PyTorch-style weight decay (added to the gradient
-  before momentum), learning rate from `rift_jax.training.schedules`.
-
-  With `mask` (bool pytree like the params), only True leaves are trained:
-  `optax.multi_transform` gives every other leaf exactly zero update, no
-  weight decay and no optimiser state.
-  """
-  _check_sgd(optim, prefix, allow_zero_lr)
-  tx = optax.chain(
-      optax.add_decayed_weights(float(optim.weight_decay)),
-      optax.sgd(schedules.make_schedule(optim, steps_per_epoch, prefix),
-                momentum=float(optim.momentum) or None,
-                nesterov=bool(optim.get("nesterov", False))))
-  if mask is None:
-    return tx
-  labels = jax.tree_util.tree_map(lambda m: "train" if m else "freeze", mask)
-  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
-                               labels)
 
 
 def create_state(variables, tx, rng, extra=None) -> TrainState:
@@ -263,7 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   dataset = dataset or data.load(config.data)
   info = dataset.info
   mesh = sharding.make_mesh()
-  batch_size = int(config.optim.batch_size)
+  optim = Optim.from_config(config.optim)
+  batch_size = optim.batch_size
   sharding.check_batch_size(batch_size, mesh, "optim.batch_size")
   if len(dataset.train) < batch_size:
     raise UserError(f"optim.batch_size={batch_size} is larger than the "
@@ -274,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   fns = models.ModelFns(model)
   ctx = methods.context(config, fns)
   method = methods.get(config.method)
-  tx = make_optimizer(config.optim, steps_per_epoch)
+  tx = make_optimizer(optim, steps_per_epoch)
   rng = jax.random.PRNGKey(int(config.seed))
   k_init, k_state, k_eval = jax.random.split(rng, 3)
   init_from = config.get("init_from", "") or ""
@@ -334,12 +296,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           f"({record['img_per_s']:.0f} img/s)")
 
   result = fit(state, train_step, dataset.train, batch_size=batch_size,
-               seed=int(config.seed), epochs=int(config.optim.epochs), mesh=mesh,
+               seed=int(config.seed), epochs=optim.epochs, mesh=mesh,
                validate=validate,
                select="val_clean" if config.method == "natural" else "val_adv",
                start_epoch=start_epoch,
                best_score=best_score, best_epoch=best_epoch, on_epoch=on_epoch,
-               lr_schedule=schedules.make_schedule(config.optim, steps_per_epoch),
+               lr_schedule=schedules.make_schedule(optim, steps_per_epoch),
                log_every=int(config.get("log_every", 10)),
                nonfinite_hint=("the last good checkpoint is kept in "
                                f"{latest.directory}"),
