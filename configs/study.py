@@ -30,7 +30,9 @@ lr0 (statistics only), lr_sweep (the paper's lr rule) and alpha_ood (α that
 keeps corrupted-validation accuracy) on seed 0; the MRC ranking's stability
 (`study.stability_seeds`) on seed 0.
 Finished seeds are copied to `study.results_dir` (committed) and the tables
-are built from there.
+are built from there. Seeds may run in separate calls (`--seeds=2` after
+0 and 1 finished): each call runs only the variants of its own seeds, and a
+re-run seed replaces its kept runs file by file as they finish.
 """
 from configs import common, quickstart
 

@@ -167,3 +167,55 @@ def test_write_into_replaces_only_the_marked_section(tmp_path):
   with pytest.raises(UserError, match="needs one"):
     study.write_into(str(p), "x")
   assert p.read_text() == "no markers\n"
+
+
+def test_a_later_seed_runs_alone_while_variants_name_earlier_seeds():
+  """Seeds are run across sessions: --seeds=1 with variants (and the
+  stability check) listed for seed 0 is valid, and seed 1 runs none of
+  them; a negative stability seed is still refused."""
+  from rift_jax.errors import UserError
+  from tests.configs import tiny_study
+  c = tiny_study.get_config()                 # variants: frozen_bn on seed 0
+  c.unlock()
+  c.study.stability_seeds = (0,)
+  study.validate(c, [1])
+  c.study.stability_seeds = (-1,)
+  with pytest.raises(UserError, match="study.stability_seeds entry"):
+    study.validate(c, [1])
+
+
+def _write(path, text):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def test_save_seed_keeps_committed_runs_a_rerun_has_not_finished(tmp_path):
+  """A seed re-run from a lost workdir: its finished main run replaces the
+  kept one file by file, the committed variant and stability record it has
+  not redone stay, an unfinished variant is not kept, and no .tmp/.old
+  directory is left behind (nor counted as a seed)."""
+  res = tmp_path / "results" / "seed_0"
+  _write(str(res / "results.json"), "old main")
+  _write(str(res / "records.npz"), "old records")
+  _write(str(res / "mrc_stability.json"), "old stability")
+  _write(str(res / "variants" / "frozen_bn" / "results.json"), "old variant")
+  work = tmp_path / "w" / "seed_0"
+  _write(str(work / "results.json"), "new main")
+  _write(str(work / "records.npz"), "new records")
+  _write(str(work / "checkpoints" / "ckpt"), "not kept")
+  _write(str(work / "variants" / "lr0" / "mrc.json"), "unfinished")
+  study.save_seed(str(tmp_path / "w"), 0, str(tmp_path / "results"))
+  read = lambda p: open(p).read()
+  assert read(res / "results.json") == "new main"
+  assert read(res / "records.npz") == "new records"
+  assert read(res / "mrc_stability.json") == "old stability"
+  assert read(res / "variants" / "frozen_bn" / "results.json") == "old variant"
+  assert not (res / "variants" / "lr0").exists()
+  assert not (res / "checkpoints").exists()
+  assert sorted(os.listdir(tmp_path / "results")) == ["seed_0"]
+  # A crash between the two renames left only seed_0.old: restored first.
+  os.replace(res, str(res) + ".old")
+  study.save_seed(str(tmp_path / "w"), 0, str(tmp_path / "results"))
+  assert read(res / "mrc_stability.json") == "old stability"
+  assert sorted(os.listdir(tmp_path / "results")) == ["seed_0"]

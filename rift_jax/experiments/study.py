@@ -38,7 +38,7 @@ import numpy as np
 from rift_jax import workdir as wd
 from rift_jax.evaluation import paired, records, report, stats
 from rift_jax.experiments import pipeline, validation
-from rift_jax.errors import UserError, check_choice
+from rift_jax.errors import UserError, check_choice, check_range
 
 # Investigations of why RiFT does or does not help; each changes one thing
 # of the seed's main run and reuses its θ_AT, fixed set and MRC.
@@ -117,15 +117,14 @@ def validate(config, seeds) -> None:
   if len(set(seeds)) != len(seeds):
     raise UserError(f"--seeds={','.join(map(str, seeds))} repeats a seed")
   validation.validate_rift(config)
-  for name, vseeds in variant_seeds(config).items():
+  for name in variant_seeds(config):
     # Each variant's config is a valid run (e.g. alpha_ood needs rift.ood_val).
+    # A variant (or stability) seed outside --seeds is not an error: it runs
+    # when that seed does (seeds are run across sessions, e.g. --seeds=2
+    # with seed 0's variants already in results_dir).
     validation.validate_rift(variant_config(config, seeds[0], name, ""))
-    for s in vseeds:
-      if s not in seeds:
-        raise UserError(f"study.variants.{name} seed {s} is not among --seeds")
   for s in config.study.stability_seeds:
-    if int(s) not in seeds:
-      raise UserError(f"study.stability_seeds entry {s} is not among --seeds")
+    check_range("study.stability_seeds entry", int(s), 0)
 
 
 def _reuse(src_dir: str, dst_dir: str, same_finetune: bool) -> None:
@@ -173,11 +172,18 @@ def run_seed(config, workdir: str, seed: int, save=lambda: None) -> None:
 def save_seed(workdir: str, seed: int, results_dir: str) -> None:
   """Copies a seed's finished runs' small outputs (the main run and each
   finished variant) into `results_dir/seed_<k>/`, atomically: a
-  half-copied seed never appears."""
+  half-copied seed never appears. Runs kept there before and not (yet)
+  finished in `workdir` stay as they are, so re-running a seed from a lost
+  workdir never drops its committed variants."""
   src = os.path.join(workdir, f"seed_{seed}")
   dst = os.path.join(results_dir, f"seed_{seed}")
-  tmp = dst + ".tmp"
+  tmp, old = dst + ".tmp", dst + ".old"
+  if os.path.isdir(old) and not os.path.isdir(dst):
+    os.replace(old, dst)                        # a crash between the renames
   shutil.rmtree(tmp, ignore_errors=True)
+  shutil.rmtree(old, ignore_errors=True)
+  if os.path.isdir(dst):
+    shutil.copytree(dst, tmp)
   variants = os.path.join(src, "variants")
   runs = [""] + ([os.path.join("variants", v) for v in sorted(os.listdir(variants))]
                  if os.path.isdir(variants) else [])
@@ -189,8 +195,10 @@ def save_seed(workdir: str, seed: int, results_dir: str) -> None:
       if os.path.exists(p):
         os.makedirs(os.path.dirname(os.path.join(tmp, r, f)), exist_ok=True)
         shutil.copy2(p, os.path.join(tmp, r, f))
-  shutil.rmtree(dst, ignore_errors=True)
+  if os.path.isdir(dst):
+    os.replace(dst, old)
   os.replace(tmp, dst)
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def run(config, workdir: str, seeds) -> dict:
