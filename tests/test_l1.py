@@ -560,7 +560,10 @@ def test_apgd_l1_against_the_authors_code(robust_pair):
   10 steps, ε = 5, same weights and 200 images: robust accuracy within 2 pp
   (measured: 25.0 % vs 27.0 %; over seeds 0-2 ours 25.3 %, theirs 27.0 %
   on average; APGD-T with 3 targets 24.5 % vs 25.0 %)."""
-  pytest.importorskip("autoattack")
+  pytest.importorskip(
+      "autoattack", reason="the authors' AutoAttack is not on PyPI: pip install "
+      "git+https://github.com/fra31/auto-attack to run this check (ART and "
+      "torchattacks cover L1 in CI)")
   from autoattack.autopgd_base import APGDAttack
   r = robust_pair
   torch = r.torch

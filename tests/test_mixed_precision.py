@@ -265,7 +265,6 @@ def test_training_steps_close_to_float32(tiny_cnn, synthetic):
 def robust_fixture():
   """The committed robust ResNet-18 (width 4, PGD-AT on Fashion-MNIST at
   ε = 0.1; tests/fixtures/README.md) and the first 100 test images."""
-  pytest.importorskip("safetensors", reason="safetensors is not installed")
   images_path = os.path.join(FMNIST_DIR, "t10k-images-idx3-ubyte.gz")
   if not os.path.exists(images_path):
     pytest.skip(f"Fashion-MNIST not found at {images_path}")

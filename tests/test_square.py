@@ -72,8 +72,10 @@ def test_proposals_match_torchattacks_given_the_same_draws():
   and `propose_linf` must give the same images. One channel: there
   torchattacks' whole-image window norm equals the authors' per-channel one
   (see rift_jax/attacks/square.py)."""
-  torch = pytest.importorskip("torch")
-  ta = pytest.importorskip("torchattacks")
+  torch = pytest.importorskip("torch", reason="torch is not installed (make "
+                              "install-test)")
+  ta = pytest.importorskip("torchattacks", reason="torchattacks is not "
+                           "installed (make install-test)")
   rng = np.random.default_rng(1)
   b, h, w, c = 4, 28, 28, 1
   x = rng.uniform(0, 1, (b, h, w, c)).astype(np.float32)

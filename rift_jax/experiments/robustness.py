@@ -143,7 +143,7 @@ def evaluate(config, the_plan: suite.Plan, fns, variables, split: data.Split,
           seed=int(ev.ood.seed), prefix="evaluate.ood", progress=progress)
     return cache["sets"]
 
-  if "ood" in names and ev.ood.source not in ("generated", "generate"):
+  if "ood" in names and ev.ood.source != "generated":
     ood_sets()
   results, records = suite.run(
       the_plan, fns, variables, split, source=source, ood_sets=ood_sets,
