@@ -108,3 +108,37 @@ def test_a_state_for_something_else_is_refused(setup, tmp_path):
     f.write(b"not a state")
   with pytest.raises(UserError, match="cannot be read"):
     _suite(fns, variables, split, path, suite=SUITE[:1])
+
+
+@pytest.mark.parametrize("n, batch_size, devices, size", [
+    (1000, 500, 1, 500), (165, 500, 1, 250), (60, 500, 1, 63), (60, 500, 2, 64),
+    (501, 500, 1, 500), (0, 500, 1, 500), (126, 500, 1, 250), (3, 16, 2, 4),
+    (9, 16, 2, 16), (33, 100, 1, 50), (13, 100, 1, 13)])
+def test_fitted_batch_size_by_hand(n, batch_size, devices, size):
+  assert autoattack.fitted_batch_size(n, batch_size, devices) == size
+
+
+def test_each_run_computes_only_its_survivors_in_fitted_batches(setup,
+                                                                monkeypatch):
+  fns, variables, split, whole = setup
+  shapes = []
+  real = autoattack._compiled_run
+
+  def spy(*args):
+    run = real(*args)
+
+    def counted(variables, rank, r, x, y, key):
+      shapes.append(x.shape[0])
+      return run(variables, rank, r, x, y, key)
+    return counted
+  monkeypatch.setattr(autoattack, "_compiled_run", spy)
+  # One batch of up to 128: the survivors of each run fill part of it.
+  again = autoattack.run_suite(fns, variables, split, SUITE, 128,
+                               jax.random.PRNGKey(5), progress=False)
+  attacked = sum(c["examples_attacked"] for c in again["cost"].values())
+  num_runs = sum(c["runs"] for c in again["cost"].values())
+  # Every batch at least half real rows, at most one partly padded batch
+  # per run, and the runs on fewer survivors than a batch use smaller ones.
+  assert set(shapes) <= {128, 64, 32, 16} and min(shapes) < 128
+  assert attacked <= sum(shapes) < 2 * attacked + num_runs * 16
+  assert again["clean"] == whole["clean"]

@@ -154,6 +154,27 @@ def _compiled_input_grad_norm(fns) -> Callable:
   return jax.jit(norms)
 
 
+def fitted_batch_size(n: int, batch_size: int, devices: int = 1) -> int:
+  """The batch size of one attack run on `n` examples: the fewest batches of
+  at most `batch_size` (⌈n / batch_size⌉), each the smallest of
+  `batch_size`, /2, /4 and /8 (rounded up to a multiple of `devices`) that
+  holds an equal share of the `n`. At least half of every batch is real
+  rows, and an attack compiles for at most four sizes however the
+  survivors fall.
+
+  E.g. batch_size 500: 1,000 examples → 500; 165 → 250; 60 → 63 (one batch
+  of 500/8 rounded up); 501 → 500 (two batches of 251); 0 → 500.
+  """
+  if n <= 0:
+    return batch_size
+  per_batch = -(-n // -(-n // batch_size))
+  for div in (8, 4, 2):
+    size = -(-batch_size // div // devices) * devices
+    if size < batch_size and size >= per_batch:
+      return size
+  return batch_size
+
+
 # Square breaking more than this many percentage points of the examples the
 # white-box attacks left standing signals gradient masking (as AutoAttack's
 # own check).
@@ -169,7 +190,10 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
     fns: `models.ModelFns`; the model runs in inference mode (running BN stats).
     variables: the model variables; split: uint8 images and labels.
     suite: attacks in order (e.g. `autoattack_suite()`).
-    batch_size: examples per compiled call (padded; divisible by the devices).
+    batch_size: the most examples per compiled call (divisible by the
+      devices). Each run attacks only the examples still robust, in
+      ⌈survivors / batch_size⌉ batches of equal size (`fitted_batch_size`),
+      so a run on a third of the split computes about a third of the rows.
     rng: key; attack k, run r uses fold_in(fold_in(rng, k), r), batch i
       fold_in(·, i).
     state_path: if given, the evaluation's state is kept in this file
@@ -248,10 +272,13 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
         arrays["todo"] = todo
         spent["attacked"] += int(todo.size)
       key = jax.random.fold_in(jax.random.fold_in(rng, k), r)
+      # The run's batch size follows from `todo` alone, so a resumed run
+      # cuts the same batches.
+      bs = fitted_batch_size(todo.size, batch_size, mesh.devices.size)
 
-      def on_batch(i, result, k=k, j=j, r=r, rank=rank, todo=todo):
+      def on_batch(i, result, k=k, j=j, r=r, rank=rank, todo=todo, bs=bs):
         fooled, size = result
-        rows = todo[i * batch_size:(i + 1) * batch_size]
+        rows = todo[i * bs:(i + 1) * bs]
         broken = rows[fooled]
         robust[broken] = False
         who["attack"][broken], who["run"][broken] = k, r
@@ -259,10 +286,10 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
         spent["seconds"] = time.time() - t0
         save({"attack": k, "run": j, "batch": i + 1})
 
-      rest = todo[first * batch_size:]
+      rest = todo[first * bs:]
       if rest.size:
         evaluation.per_example(
-            run_fn, evaluation.Batches(split.take(rest), batch_size, mesh),
+            run_fn, evaluation.Batches(split.take(rest), bs, mesh),
             consts=(variables, jnp.int32(rank), jnp.int32(r)), rng=key,
             first=first, on_batch=on_batch)
       spent["seconds"] = time.time() - t0
