@@ -30,12 +30,14 @@ def setup(request):
 def test_static_and_mask_routes_agree_on_every_module(setup, projection, prefix_mb):
   fns, variables, x, y = setup
   names = list(models.perturbable_modules(variables["params"]))
-  # Every module with the reused prefix (per_pass: where each module's cut
-  # of the network is exercised); from the images (per_step) every third
-  # module and the head — the stem, block convolutions of every stage and a
-  # shortcut among them — to keep the test's compile time down.
-  chosen = (names if projection == "per_pass"
-            else list(dict.fromkeys(names[::3] + names[-1:])))
+  # Each route compiles one program per module, so each schedule takes a
+  # third of the modules (compile time): from the images (per_step) every
+  # third from the stem, with the reused prefix (per_pass) every third from
+  # the second — block convolutions of every stage, so the prefix is cut in
+  # every stage — and both the head and every shortcut.
+  start = 1 if projection == "per_pass" else 0
+  chosen = list(dict.fromkeys(
+      names[start::3] + [n for n in names if "shortcut" in n] + names[-1:]))
   kw = dict(epsilon=0.1, learning_rate=1.0, num_passes=2, batch_size=16,
             projection=projection, modules=chosen)
   static = criticality.mrc(fns, variables, x, y, route="static",
