@@ -16,7 +16,7 @@ export FASHION_MNIST_DIR
 # workers keep both cores of a small machine busy).
 TEST_WORKERS ?= 2
 
-.PHONY: demo test install install-test data clean
+.PHONY: demo test test-slow install install-test data clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -52,6 +52,13 @@ demo: install data
 test: install-test
 	@bash scripts/ensure_data.sh || echo "(the torchattacks cross-checks need Fashion-MNIST and will be skipped)"
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
+
+# The minutes-long runs `make test` leaves out (pytest -m slow, about 10
+# minutes): the benchmark's phases against PyTorch, launch/evaluate end to
+# end, launch/rift from a PyTorch file, the standard-budget AutoAttack suite.
+test-slow: install-test
+	@bash scripts/ensure_data.sh || true
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m slow tests
 
 clean:
 	rm -rf $(VENV) runs

@@ -60,6 +60,10 @@ def test_launch_evaluate_creates_a_missing_workdir_before_any_work(checkpoint,
   assert json.loads((out / "eval_results.json").read_text())["n"] == 50
 
 
+# Out of `make test` (`make test-slow`): three launches, two minutes on two
+# cores; the launch itself, its workdir and bad entries are checked above
+# and below in `make test`.
+@pytest.mark.slow
 def test_launch_evaluate_end_to_end(checkpoint, tmp_path):
   path, variables, config, model = checkpoint
   out = tmp_path / "eval"

@@ -111,6 +111,9 @@ def test_input_normalization_none_takes_unit_range_inputs(tmp_path):
     assert np.allclose(ours, _logits_torch(tm, x), atol=1e-4) == close, norm
 
 
+# Out of `make test` (`make test-slow`): a whole launch/rift run; CI's smoke
+# demo runs the pipeline and the tests above the file conversion.
+@pytest.mark.slow
 def test_launch_rift_from_a_pytorch_file(tmp_path):
   """The whole pipeline from a DataParallel-wrapped .pth: θ*.pth loads
   strictly into the user's model and gives our θ*'s logits."""
