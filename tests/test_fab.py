@@ -55,7 +55,7 @@ def test_projection_matches_lp_and_qp(norm):
   """min ‖δ‖ s.t. ⟨w, t + δ⟩ = b, t + δ ∈ [0, 1]^d, solved independently:
   L∞ as a linear programme (min s, −s ≤ δ_i ≤ s), L2 as a QP (SLSQP), L1
   as a linear programme over δ = p − q, p, q ≥ 0 (min Σ p + q)."""
-  optimize = pytest.importorskip("scipy.optimize")
+  from scipy import optimize  # a base dependency: never skipped
   rng = np.random.default_rng(0)
   n, d = 60, 7
   t = rng.uniform(0, 1, (n, d))

@@ -29,7 +29,8 @@ def checkpoint(tmp_path_factory):
   0.1 so the file differs from the fixture, written as a PyTorch
   .safetensors by `convert.export_checkpoint`. -> (path, variables, config)."""
   if not os.path.exists(os.path.join(FMNIST_DIR, "t10k-images-idx3-ubyte.gz")):
-    pytest.skip(f"Fashion-MNIST not found in {FMNIST_DIR}")
+    pytest.skip(f"Fashion-MNIST not found in {FMNIST_DIR} "
+                "(apt-get install dataset-fashion-mnist or make data)")
   from configs import evaluate as evaluate_config
   from rift_jax import data, models
   from rift_jax.models import convert

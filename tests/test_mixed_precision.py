@@ -267,7 +267,8 @@ def robust_fixture():
   ε = 0.1; tests/fixtures/README.md) and the first 100 test images."""
   images_path = os.path.join(FMNIST_DIR, "t10k-images-idx3-ubyte.gz")
   if not os.path.exists(images_path):
-    pytest.skip(f"Fashion-MNIST not found at {images_path}")
+    pytest.skip(f"Fashion-MNIST not found at {images_path} "
+                "(apt-get install dataset-fashion-mnist or make data)")
   info = data.INFO["fashion_mnist"]
   kw = dict(num_classes=10, width=4, mean=info.mean, std=info.std)
   m32 = models.create_model("resnet18", **kw)
