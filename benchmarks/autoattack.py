@@ -17,7 +17,8 @@ rescaling of Square's p schedule.
 - torchattacks: `torchattacks.AutoAttack(model, norm='Linf', eps,
   version='standard', n_classes=10, seed=0)` on batches of the same size,
   once, with its sub-attacks given the same budgets (its own defaults are 10
-  iterations and a rescaled Square schedule), each sub-attack timed.
+  iterations and a rescaled Square schedule), each sub-attack timed, in a
+  spawned process of its own (with the same PyTorch thread count).
 Both sides' robust accuracy after each attack, seconds per attack, and a
 side-by-side table in the Markdown output.
 Why the numbers are what they are: docs/performance.md.
@@ -82,10 +83,11 @@ def ours(twins, split, eps: float, clock) -> list[tuple[float, float, dict]]:
   return runs
 
 
-def theirs(tmodel, split, eps: float) -> tuple[float, dict, dict, float]:
-  """torchattacks' suite with the authors' budgets: (seconds, seconds per
-  attack, robust % after each attack, robust % clean-correct and still
-  correct after the suite)."""
+def theirs(tmodel, images, labels, eps: float, steps: int, targets: int,
+           queries: int, batch: int) -> tuple[float, dict, dict, float]:
+  """torchattacks' suite with the authors' budgets on the uint8 NHWC
+  `images`: (seconds, seconds per attack, robust % after each attack,
+  robust % clean-correct and still correct after the suite)."""
   import numpy as np
   import torch
   import torchattacks
@@ -97,11 +99,11 @@ def theirs(tmodel, split, eps: float) -> tuple[float, dict, dict, float]:
   seconds = dict.fromkeys(ATTACKS, 0.0)
   for name, a in zip(ATTACKS, multi.attacks):
     if name == "square":
-      a.n_queries, a.rescale_schedule = FLAGS.aa_queries, False
+      a.n_queries, a.rescale_schedule = queries, False
     else:
-      a.steps = FLAGS.aa_steps
+      a.steps = steps
     if name in ("apgd_t", "fab_t"):
-      a.n_target_classes = FLAGS.aa_targets
+      a.n_target_classes = targets
 
     def timed_forward(*args, _f=a.forward, _n=name, **kw):
       t = time.perf_counter()
@@ -113,9 +115,9 @@ def theirs(tmodel, split, eps: float) -> tuple[float, dict, dict, float]:
   multi._multi_atk_records = [0.0] * (1 + len(ATTACKS))
   multi._accumulate_multi_atk_records = True
   torch.manual_seed(0)
-  x = common.nchw(data.to_float(split.images))
-  y = torch.from_numpy(split.labels.astype(np.int64))
-  batch, adv = FLAGS.aa_batch_size, []
+  x = common.nchw(data.to_float(images))
+  y = torch.from_numpy(labels.astype(np.int64))
+  adv = []
   t0 = time.perf_counter()
   for i in range(0, len(y), batch):
     adv.append(atk(x[i:i + batch], y[i:i + batch]))
@@ -129,6 +131,36 @@ def theirs(tmodel, split, eps: float) -> tuple[float, dict, dict, float]:
              f"{ {k: round(v, 2) for k, v in seconds.items()} }, robust "
              f"{after_each}")
   return total, seconds, after_each, 100.0 * float(robust.mean())
+
+
+def _theirs_in_fresh_process(state_dict: dict, width: int, threads: int,
+                             *args) -> tuple[float, dict, dict, float]:
+  """`theirs` in a process that has run no JAX: torchattacks' FAB in the
+  process that ran our suite ran far slower and, with one thread, aborted
+  (docs/performance.md), so the PyTorch side gets a process of its own."""
+  import torch
+  from rift_jax import data
+  from rift_jax.models import torch_models
+  torch.set_num_threads(threads)
+  info = data.INFO["fashion_mnist"]
+  tmodel = torch_models.ResNet18(num_classes=common.NUM_CLASSES, width=width,
+                                 in_channels=info.image_shape[-1],
+                                 mean=info.mean, std=info.std)
+  tmodel.load_state_dict(state_dict, strict=True)
+  tmodel.eval()
+  return theirs(tmodel, *args)
+
+
+def theirs_isolated(twins, split, eps: float) -> tuple[float, dict, dict, float]:
+  """`theirs` on the twin's weights, run in a fresh (spawned) process."""
+  import multiprocessing
+  import torch
+  state = {k: v.detach().clone() for k, v in twins.torch.state_dict().items()}
+  with multiprocessing.get_context("spawn").Pool(1) as pool:
+    return pool.apply(_theirs_in_fresh_process, (
+        state, FLAGS.aa_width, torch.get_num_threads(), split.images,
+        split.labels, eps, FLAGS.aa_steps, FLAGS.aa_targets, FLAGS.aa_queries,
+        FLAGS.aa_batch_size))
 
 
 def measure(out: common.Record) -> None:
@@ -169,7 +201,7 @@ def measure(out: common.Record) -> None:
   out["autoattack_warnings"] = res["warnings"]
   out.save()
 
-  torch_s, per_attack, after_each, torch_robust = theirs(twins.torch, split, eps)
+  torch_s, per_attack, after_each, torch_robust = theirs_isolated(twins, split, eps)
   out["autoattack_torch_seconds"] = torch_s
   out["autoattack_torch_seconds_per_attack"] = per_attack
   out["autoattack_torch_img_per_s"] = n / torch_s
