@@ -24,8 +24,29 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 TEST_XLA_FLAGS = os.environ.get(
     "RIFT_JAX_TEST_XLA_FLAGS", "--xla_backend_optimization_level=1 "
     "--xla_llvm_disable_expensive_passes=true")
+# The subprocesses the tests start (launchers, 2-device and 2-process
+# workers) run tiny models, so compiling is nearly all of their time: LLVM
+# at -O0 there (measured: the 2-device worker 65 -> 29 CPU-seconds). Same
+# HLO, so the same computation; only LLVM's code generation differs.
+SUBPROCESS_XLA_FLAGS = os.environ.get(
+    "RIFT_JAX_TEST_SUBPROCESS_XLA_FLAGS", "--xla_backend_optimization_level=0 "
+    "--xla_llvm_disable_expensive_passes=true")
+_USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = " ".join(
-    f for f in (os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAGS) if f)
+    f for f in (_USER_XLA_FLAGS, TEST_XLA_FLAGS) if f)
+
+
+def subprocess_env(devices: int = 0, **extra) -> dict:
+  """Environment for a subprocess a test starts: CPU, quiet, the
+  subprocess XLA flags (and `devices` host devices when > 0; without it,
+  one device, whatever the user's XLA_FLAGS force), plus `extra`."""
+  flags = [f for f in _USER_XLA_FLAGS.split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  if devices:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  flags.append(SUBPROCESS_XLA_FLAGS)
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
+              XLA_FLAGS=" ".join(f for f in flags if f), **extra)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -52,8 +73,7 @@ def tiny_cnn():
 def run_cli(*args, timeout=300, env=None):
   """Runs `python -m <args>` from the repo root (`env`: more environment
   variables); returns CompletedProcess."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
-             **(env or {}))
+  env = subprocess_env(**(env or {}))
   return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

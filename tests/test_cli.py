@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, subprocess_env
 
 TINY = "--config=tests/configs/tiny.py"
 
@@ -76,7 +76,7 @@ def test_rift_missing_package_fails_in_the_first_second(tmp_path):
           "runpy.run_module('launch.rift', run_name='__main__', alter_sys=True)")
   proc = subprocess.run(
       [sys.executable, "-c", code, TINY, f"--workdir={tmp_path}/w"], cwd=REPO,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu"),
+      env=subprocess_env(),
       capture_output=True, text=True, timeout=300)
   line = _one_error_line(proc)
   assert "'safetensors'" in line and "theta_star.safetensors" in line

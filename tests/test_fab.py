@@ -412,8 +412,8 @@ def test_sharded_batch_gives_the_same_result():
   import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  from tests.conftest import subprocess_env
+  env = subprocess_env(devices=2)
   proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=root, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

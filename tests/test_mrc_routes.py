@@ -34,10 +34,12 @@ def test_static_and_mask_routes_agree_on_every_module(setup, projection, prefix_
   # third of the modules (compile time): from the images (per_step) every
   # third from the stem, with the reused prefix (per_pass) every third from
   # the second — block convolutions of every stage, so the prefix is cut in
-  # every stage — and both the head and every shortcut.
-  start = 1 if projection == "per_pass" else 0
-  chosen = list(dict.fromkeys(
-      names[start::3] + [n for n in names if "shortcut" in n] + names[-1:]))
+  # every stage — and every shortcut (the prefix ends inside a block
+  # there); both take the head.
+  shortcuts = [n for n in names if "shortcut" in n]
+  chosen = (names[1::3] + shortcuts if projection == "per_pass"
+            else names[0::3])
+  chosen = list(dict.fromkeys(chosen + names[-1:]))
   kw = dict(epsilon=0.1, learning_rate=1.0, num_passes=2, batch_size=16,
             projection=projection, modules=chosen)
   static = criticality.mrc(fns, variables, x, y, route="static",

@@ -14,9 +14,10 @@ import sys
 
 import numpy as np
 
+from tests.conftest import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-ENV.pop("XLA_FLAGS", None)  # one CPU device per process
+ENV = subprocess_env()  # one CPU device per process
 TOL = 1e-5
 
 

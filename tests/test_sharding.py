@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from tests._mp_worker import tiny_config
+from tests.conftest import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWO_DEVICES = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                   JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+TWO_DEVICES = subprocess_env(devices=2)
 TOL = 1e-5
 
 
