@@ -152,19 +152,3 @@ def randomize_bn(model, seed: int = 0):
         m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
         m.num_batches_tracked.fill_(7)
   return model
-
-
-# The longest files (cold, fresh clone, 2026-12-07) first: `make test` hands
-# whole files to two xdist workers in collection order, so a long file
-# collected last is a tail that one worker runs alone.
-LONGEST_FIRST = ("test_mrc_routes.py", "test_rift.py", "test_l1.py",
-                 "test_apgd.py", "test_fab.py", "test_sharding.py",
-                 "test_cli.py", "test_methods_train.py",
-                 "test_mixed_precision.py", "test_square.py",
-                 "test_multiprocess.py", "test_conv.py", "test_study.py")
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)),
-                                       len(rank)))
