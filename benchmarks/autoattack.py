@@ -140,14 +140,10 @@ def _theirs_in_fresh_process(state_dict: dict, width: int, threads: int,
   (docs/performance.md), so the PyTorch side gets a process of its own."""
   import torch
   from rift_jax import data
-  from rift_jax.models import torch_models
   torch.set_num_threads(threads)
   info = data.INFO["fashion_mnist"]
-  tmodel = torch_models.ResNet18(num_classes=common.NUM_CLASSES, width=width,
-                                 in_channels=info.image_shape[-1],
-                                 mean=info.mean, std=info.std)
-  tmodel.load_state_dict(state_dict, strict=True)
-  tmodel.eval()
+  tmodel = common.torch_resnet18(width, info.image_shape, info.mean, info.std,
+                                 state_dict)
   return theirs(tmodel, *args)
 
 
@@ -155,12 +151,11 @@ def theirs_isolated(twins, split, eps: float) -> tuple[float, dict, dict, float]
   """`theirs` on the twin's weights, run in a fresh (spawned) process."""
   import multiprocessing
   import torch
-  state = {k: v.detach().clone() for k, v in twins.torch.state_dict().items()}
   with multiprocessing.get_context("spawn").Pool(1) as pool:
     return pool.apply(_theirs_in_fresh_process, (
-        state, FLAGS.aa_width, torch.get_num_threads(), split.images,
-        split.labels, eps, FLAGS.aa_steps, FLAGS.aa_targets, FLAGS.aa_queries,
-        FLAGS.aa_batch_size))
+        twins.torch.state_dict(), FLAGS.aa_width, torch.get_num_threads(),
+        split.images, split.labels, eps, FLAGS.aa_steps, FLAGS.aa_targets,
+        FLAGS.aa_queries, FLAGS.aa_batch_size))
 
 
 def measure(out: common.Record) -> None:

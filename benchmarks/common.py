@@ -118,7 +118,7 @@ def resnet18_twins(width: int, image_shape, mean, std, checkpoint: str = "",
   import numpy as np
   import torch
   from rift_jax import models
-  from rift_jax.models import convert, torch_models
+  from rift_jax.models import convert
   model = models.create_model("resnet18", num_classes=NUM_CLASSES, width=width,
                               mean=mean, std=std, conv_impl=conv_impl)
   if checkpoint:
@@ -127,12 +127,21 @@ def resnet18_twins(width: int, image_shape, mean, std, checkpoint: str = "",
   else:
     variables = models.init_variables(model, jax.random.PRNGKey(0), image_shape)
     source = "random init (PRNGKey(0))"
+  tmodel = torch_resnet18(width, image_shape, mean, std, {
+      k: torch.from_numpy(np.array(v))
+      for k, v in convert.to_state_dict(variables).items()})
+  return Twins(models.ModelFns(model), variables, tmodel, source)
+
+
+def torch_resnet18(width: int, image_shape, mean, std, state_dict: dict):
+  """The PyTorch ResNet-18 of `resnet18_twins` holding `state_dict`, in
+  eval mode."""
+  from rift_jax.models import torch_models
   tmodel = torch_models.ResNet18(num_classes=NUM_CLASSES, width=width,
                                  in_channels=image_shape[-1], mean=mean, std=std)
-  tmodel.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
-                          convert.to_state_dict(variables).items()}, strict=True)
+  tmodel.load_state_dict(state_dict, strict=True)
   tmodel.eval()
-  return Twins(models.ModelFns(model), variables, tmodel, source)
+  return tmodel
 
 
 def fmnist_twins(width: int, checkpoint: str = "") -> Twins:
