@@ -20,6 +20,10 @@ from rift_jax.evaluation import autoattack
 _proj = jax.jit(l1_box_projection)
 
 
+ART_MISSING = ("ART is not installed (pip install -e '.[test]'; make test "
+               "installs it)")
+
+
 def _p(x, d, eps):
   return np.asarray(_proj(jnp.asarray(x, jnp.float32),
                           jnp.asarray(d, jnp.float32),
@@ -145,7 +149,7 @@ def test_l1_projection_agrees_with_art_where_the_box_is_inactive():
   """ART's exact projection onto the L1 ball (`art.utils.projection`,
   suboptimal=False): the same points where the box does not bind (x = .5,
   |δ_i| < .5)."""
-  art_utils = pytest.importorskip("art.utils")
+  art_utils = pytest.importorskip("art.utils", reason=ART_MISSING)
   rng = np.random.default_rng(1)
   d = rng.uniform(-0.49, 0.49, (40, 50)).astype(np.float32)
   theirs = art_utils.projection(d, 3.0, 1, suboptimal=False)
@@ -529,7 +533,7 @@ def test_apgd_l1_is_stronger_than_art_apgd_norm_1(robust_pair):
   images, ε = 5, 10 steps, η₀ = 2ε as the paper) is APGD with a dense step
   g/‖g‖₁ and a rescaling projection, not L1-APGD: ours must be at least as
   strong (measured: ours 25.0 %, ART 43.5 %, clean 49 %)."""
-  pytest.importorskip("art")
+  pytest.importorskip("art", reason=ART_MISSING)
   from art.attacks.evasion import AutoProjectedGradientDescent
   from art.estimators.classification import PyTorchClassifier
   r = robust_pair
