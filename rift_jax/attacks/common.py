@@ -238,7 +238,7 @@ def resolve_unroll(unroll) -> bool | int:
 
 # Steps per compiled program of APGD / FAB on XLA:CPU (a host loop over
 # unrolled pieces; docs/performance.md has the measurements).
-CPU_STEPS_PER_CALL = 10
+CPU_STEPS_PER_CALL = 5
 
 
 def check_per_call(label: str, value) -> None:

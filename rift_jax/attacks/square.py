@@ -136,7 +136,7 @@ class SquareConfig:
 
 # Queries per compiled program on XLA:CPU (a host loop over unrolled
 # pieces; docs/performance.md).
-CPU_QUERIES_PER_CALL = 20
+CPU_QUERIES_PER_CALL = 5
 
 
 # ---------------------------------------------------- schedule (host side)
