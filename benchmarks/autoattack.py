@@ -91,7 +91,6 @@ def theirs(tmodel, images, labels, eps: float, steps: int, targets: int,
   import numpy as np
   import torch
   import torchattacks
-  from rift_jax import data
   common.log("AutoAttack torchattacks")
   atk = torchattacks.AutoAttack(tmodel, norm="Linf", eps=eps, version="standard",
                                 n_classes=common.NUM_CLASSES, seed=0)
@@ -115,7 +114,7 @@ def theirs(tmodel, images, labels, eps: float, steps: int, targets: int,
   multi._multi_atk_records = [0.0] * (1 + len(ATTACKS))
   multi._accumulate_multi_atk_records = True
   torch.manual_seed(0)
-  x = common.nchw(data.to_float(images))
+  x = common.nchw(images.astype(np.float32) / 255.0)
   y = torch.from_numpy(labels.astype(np.int64))
   adv = []
   t0 = time.perf_counter()
@@ -134,28 +133,43 @@ def theirs(tmodel, images, labels, eps: float, steps: int, targets: int,
 
 
 def _theirs_in_fresh_process(state_dict: dict, width: int, threads: int,
+                             image_shape: tuple, mean: tuple, std: tuple,
                              *args) -> tuple[float, dict, dict, float]:
-  """`theirs` in a process that has run no JAX: torchattacks' FAB in the
-  process that ran our suite ran far slower and, with one thread, aborted
-  (docs/performance.md), so the PyTorch side gets a process of its own."""
+  """`theirs` in a process that has not loaded JAX or jaxlib (so the data
+  set's image shape and normalisation come as plain tuples): torchattacks'
+  FAB in the process that ran our suite ran far slower and, with one
+  thread, aborted; with jaxlib merely loaded, PyTorch 2.13's backward in
+  FAB-T corrupted the heap (docs/performance.md). So the PyTorch side gets
+  a process of its own, which imports nothing that loads jaxlib."""
   import torch
-  from rift_jax import data
   torch.set_num_threads(threads)
-  info = data.INFO["fashion_mnist"]
-  tmodel = common.torch_resnet18(width, info.image_shape, info.mean, info.std,
-                                 state_dict)
+  tmodel = common.torch_resnet18(width, image_shape, mean, std, state_dict)
   return theirs(tmodel, *args)
 
 
 def theirs_isolated(twins, split, eps: float) -> tuple[float, dict, dict, float]:
-  """`theirs` on the twin's weights, run in a fresh (spawned) process."""
+  """`theirs` on the twin's weights, run in a fresh (spawned) process. A
+  child that dies (a crash inside PyTorch) raises `ChildProcessError`
+  rather than leaving this process waiting for it (as a
+  `multiprocessing.Pool` would)."""
   import multiprocessing
+  from concurrent import futures
   import torch
-  with multiprocessing.get_context("spawn").Pool(1) as pool:
-    return pool.apply(_theirs_in_fresh_process, (
-        twins.torch.state_dict(), FLAGS.aa_width, torch.get_num_threads(),
-        split.images, split.labels, eps, FLAGS.aa_steps, FLAGS.aa_targets,
-        FLAGS.aa_queries, FLAGS.aa_batch_size))
+  from rift_jax import data
+  info = data.INFO["fashion_mnist"]
+  with futures.ProcessPoolExecutor(
+      1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    job = pool.submit(
+        _theirs_in_fresh_process, twins.torch.state_dict(), FLAGS.aa_width,
+        torch.get_num_threads(), tuple(info.image_shape), tuple(info.mean),
+        tuple(info.std), split.images, split.labels, eps, FLAGS.aa_steps,
+        FLAGS.aa_targets, FLAGS.aa_queries, FLAGS.aa_batch_size)
+    try:
+      return job.result()
+    except futures.process.BrokenProcessPool as e:
+      raise ChildProcessError(
+          "the torchattacks process died before it finished (ours' numbers "
+          f"are saved in --out); {e}") from None
 
 
 def measure(out: common.Record) -> None:

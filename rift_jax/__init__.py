@@ -39,10 +39,14 @@ def _set_xla_cpu_defaults() -> None:
   flags = _os.environ.get("XLA_FLAGS", "")
   if _YNN_FLAG in flags:
     return
+  # The installed jaxlib's version from its package metadata: importing
+  # jaxlib itself would load its native libraries into every process that
+  # imports rift_jax, PyTorch-only ones too (benchmarks/autoattack.py's
+  # torchattacks process; docs/performance.md).
+  from importlib import metadata
   try:
-    import jaxlib.version
-    version = tuple(jaxlib.version.__version_info__[:2])
-  except (ImportError, AttributeError):
+    version = tuple(int(p) for p in metadata.version("jaxlib").split(".")[:2])
+  except (metadata.PackageNotFoundError, ValueError):
     return
   if version not in _MEASURED_JAXLIB:
     return

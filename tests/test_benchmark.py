@@ -139,3 +139,27 @@ def test_bad_flags_get_one_line_and_exit_code_2(tmp_path, args, line):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [f"error: {line}"]
   assert not (tmp_path / "b.json").exists()
+
+
+def test_torchattacks_side_loads_no_jax():
+  """The PyTorch side of the autoattack phase runs in a spawned process
+  that must not load JAX or jaxlib (with them loaded, PyTorch 2.13's
+  backward in torchattacks' FAB-T corrupted the heap): unpickling its
+  function and building its model import neither."""
+  pytest.importorskip("torch", reason="torch is not installed (pip install .[torch])")
+  pytest.importorskip("torchattacks", reason="torchattacks is not installed")
+  code = (
+      "import sys, pickle\n"
+      "import numpy as np\n"
+      "from benchmarks import autoattack, common\n"
+      "pickle.loads(pickle.dumps(autoattack._theirs_in_fresh_process))\n"
+      "import torchattacks\n"
+      "from rift_jax.models import torch_models\n"
+      "sd = torch_models.ResNet18(num_classes=10, width=2, in_channels=1,\n"
+      "                           mean=(0.5,), std=(0.25,)).state_dict()\n"
+      "common.torch_resnet18(2, (28, 28, 1), (0.5,), (0.25,), sd)\n"
+      "print(sorted(k for k in ('jax', 'jaxlib', 'flax') if k in sys.modules))\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().splitlines()[-1] == "[]"
