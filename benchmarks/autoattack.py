@@ -114,6 +114,7 @@ def theirs(tmodel, images, labels, eps: float, steps: int, targets: int,
   multi._multi_atk_records = [0.0] * (1 + len(ATTACKS))
   multi._accumulate_multi_atk_records = True
   torch.manual_seed(0)
+  # uint8 -> [0, 1] as `rift_jax.data.to_float`, which would import JAX here.
   x = common.nchw(images.astype(np.float32) / 255.0)
   y = torch.from_numpy(labels.astype(np.int64))
   adv = []
@@ -138,9 +139,8 @@ def _theirs_in_fresh_process(state_dict: dict, width: int, threads: int,
   """`theirs` in a process that has not loaded JAX or jaxlib (so the data
   set's image shape and normalisation come as plain tuples): torchattacks'
   FAB in the process that ran our suite ran far slower and, with one
-  thread, aborted; with jaxlib merely loaded, PyTorch 2.13's backward in
-  FAB-T corrupted the heap (docs/performance.md). So the PyTorch side gets
-  a process of its own, which imports nothing that loads jaxlib."""
+  thread, aborted (docs/performance.md). So the PyTorch side gets a process
+  of its own, which imports nothing that loads jaxlib."""
   import torch
   torch.set_num_threads(threads)
   tmodel = common.torch_resnet18(width, image_shape, mean, std, state_dict)

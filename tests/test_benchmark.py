@@ -143,14 +143,13 @@ def test_bad_flags_get_one_line_and_exit_code_2(tmp_path, args, line):
 
 def test_torchattacks_side_loads_no_jax():
   """The PyTorch side of the autoattack phase runs in a spawned process
-  that must not load JAX or jaxlib (with them loaded, PyTorch 2.13's
-  backward in torchattacks' FAB-T corrupted the heap): unpickling its
-  function and building its model import neither."""
+  that must not load JAX or jaxlib (in the process that ran our suite,
+  torchattacks' FAB ran far slower and aborted with one thread): unpickling
+  its function and building its model import neither."""
   pytest.importorskip("torch", reason="torch is not installed (pip install .[torch])")
   pytest.importorskip("torchattacks", reason="torchattacks is not installed")
   code = (
       "import sys, pickle\n"
-      "import numpy as np\n"
       "from benchmarks import autoattack, common\n"
       "pickle.loads(pickle.dumps(autoattack._theirs_in_fresh_process))\n"
       "import torchattacks\n"
