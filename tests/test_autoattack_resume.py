@@ -111,12 +111,12 @@ def test_a_state_for_something_else_is_refused(setup, tmp_path):
 
 
 @pytest.mark.parametrize("n, batch_size, devices, size", [
-    # 500 · 2^(−6/4) = 176.8, 500 / 8 = 62.5, 500 · 2^(−3/4) = 297.3,
-    # 500 · 2^(−7/4) = 148.6, 8 · 2^(−11/4) = 1.19 (x 2 devices),
-    # 8 · 2^(−3/4) = 4.76 (x 2), 100 · 2^(−6/4) = 35.4, 100 · 2^(−1/4) = 84.1.
-    (1000, 500, 1, 500), (165, 500, 1, 177), (60, 500, 1, 63), (60, 500, 2, 64),
-    (501, 500, 1, 298), (0, 500, 1, 500), (126, 500, 1, 149), (3, 16, 2, 4),
-    (9, 16, 2, 10), (33, 100, 1, 36), (13, 100, 1, 13), (80, 100, 1, 85)])
+    # One batch of ⌈n / 4⌉ · 4 rows (⌈n / 8⌉ · 8 on 2 devices), at most
+    # batch_size; n > batch_size: ⌈n / batch_size⌉ equal shares, each so.
+    (1000, 500, 1, 500), (165, 500, 1, 168), (61, 500, 1, 64), (58, 500, 2, 64),
+    (501, 500, 1, 252), (0, 500, 1, 500), (126, 500, 1, 128), (3, 16, 2, 8),
+    (9, 16, 2, 16), (33, 100, 1, 36), (13, 100, 1, 16), (80, 100, 1, 80),
+    (249, 250, 1, 250), (1, 100, 1, 4), (179, 250, 1, 180), (1001, 500, 1, 336)])
 def test_fitted_batch_size_by_hand(n, batch_size, devices, size):
   assert autoattack.fitted_batch_size(n, batch_size, devices) == size
 
@@ -140,11 +140,8 @@ def test_each_run_computes_only_its_survivors_in_fitted_batches(setup,
                                jax.random.PRNGKey(5), progress=False)
   attacked = sum(c["examples_attacked"] for c in again["cost"].values())
   num_runs = sum(c["runs"] for c in again["cost"].values())
-  # The sizes are the ladder 128 · 2^(−k/4); every batch is at least 84 %
-  # real rows (1 / 2^(1/4); + 1 for the rounding), or the smallest size of
-  # 16 for fewer survivors, and the runs on fewer survivors than a batch use
-  # smaller ones.
-  ladder = {128, 108, 91, 77, 64, 54, 46, 39, 32, 27, 23, 20, 16}
-  assert set(shapes) <= ladder and min(shapes) < 128
-  assert attacked <= sum(shapes) <= 2**0.25 * attacked + num_runs * 17
+  # Each batch is a multiple of 4 rows with fewer than 4 padding rows, and
+  # the runs on fewer survivors than a batch use smaller ones.
+  assert all(s % 4 == 0 for s in shapes) and min(shapes) < 128
+  assert attacked <= sum(shapes) < attacked + num_runs * 4
   assert again["clean"] == whole["clean"]

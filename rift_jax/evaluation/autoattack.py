@@ -155,37 +155,30 @@ def _compiled_input_grad_norm(fns) -> Callable:
   return jax.jit(norms)
 
 
-# Fitted batch sizes per halving of the batch size (`fitted_batch_size`):
-# 4 gives the ladder batch_size · 2^(−k/4), so a run computes at most ~19 %
-# padding rows (the /2, /4, /8 ladder of before: up to 50 %).
-FITTED_SIZES_PER_HALVING = 4
-# The smallest fitted size is batch_size / 2^this.
-FITTED_HALVINGS = 3
+# A fitted batch is a multiple of this many rows per device
+# (`fitted_batch_size`).
+FITTED_MULTIPLE = 4
 
 
 def fitted_batch_size(n: int, batch_size: int, devices: int = 1) -> int:
   """The batch size of one attack run on `n` examples: the fewest batches of
-  at most `batch_size` (⌈n / batch_size⌉), each the smallest size of the
-  ladder batch_size · 2^(−k/4), k = 0 … 12 (rounded up to a multiple of
-  `devices`), that holds an equal share of the `n`. At least 84 % of every
-  batch is real rows (rounding aside) unless the share is below
-  batch_size / 8, and an attack compiles for at most 13 sizes however the
-  survivors fall.
+  at most `batch_size` (⌈n / batch_size⌉), each an equal share of the `n`
+  rounded up to a multiple of `FITTED_MULTIPLE` rows per device (and at
+  most `batch_size`). So a batch carries fewer than 4 padding rows per
+  device. Every run of a suite has one size (all its batches are equal),
+  so a suite compiles each attack for at most as many sizes as it has runs
+  (APGD-T's and FAB-T's targets mostly share one: their survivors differ
+  by a few examples).
 
-  E.g. batch_size 500: 1,000 examples → 500; 165 → 177 (500 · 2^(−6/4) =
-  176.8); 60 → 63 (500 / 8 rounded up); 501 → 298 (two batches of 251;
-  500 · 2^(−3/4) = 297.3); 0 → 500.
+  E.g. batch_size 500: 1,000 examples → 500; 165 → 168; 61 → 64 (2 devices:
+  64); 501 → 252 (two batches of 251); 0 → 500; batch_size 250: 249 → 250
+  (252 capped).
   """
   if n <= 0:
     return batch_size
   per_batch = -(-n // -(-n // batch_size))
-  best = batch_size
-  for k in range(1, FITTED_SIZES_PER_HALVING * FITTED_HALVINGS + 1):
-    share = batch_size * 2.0**(-k / FITTED_SIZES_PER_HALVING) / devices
-    size = math.ceil(share - 1e-9) * devices
-    if per_batch <= size < best:
-      best = size
-  return best
+  step = FITTED_MULTIPLE * devices
+  return min(batch_size, -(-per_batch // step) * step)
 
 
 # Square breaking more than this many percentage points of the examples the
