@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from typing import Any, Callable, Sequence, Union
 
@@ -199,8 +198,8 @@ def run_suite(fns, variables, split: data.Split, suite: Sequence[Attack],
     batch_size: the most examples per compiled call (divisible by the
       devices). Each run attacks only the examples still robust, in
       ⌈survivors / batch_size⌉ batches of equal size (`fitted_batch_size`),
-      so a run on a third of the split computes at most ~19 % more rows
-      than a third.
+      each with fewer than `FITTED_MULTIPLE` padding rows per device, so a
+      run on a third of the split computes about a third of the rows.
     rng: key; attack k, run r uses fold_in(fold_in(rng, k), r), batch i
       fold_in(·, i).
     state_path: if given, the evaluation's state is kept in this file
