@@ -125,11 +125,22 @@ def devices_check(out_path: str) -> None:
     ev = evaluation.Evaluator(fns, evaluation.pgd_attack_fn(
         attacks.PGDConfig(epsilon=0.1, step_size=0.05, num_steps=2)), 16, mesh)
     accs = ev(state.variables, val, jax.random.PRNGKey(4))
+    # The standard AutoAttack at tiny budgets: per-example flags and
+    # attribution (which attack, run, target and perturbation size).
+    from rift_jax.evaluation import autoattack
+    aa = autoattack.run_suite(
+        fns, state.variables, val,
+        autoattack.autoattack_suite("standard", 0.1, num_steps=3,
+                                    num_target_classes=2, square_queries=20),
+        16, jax.random.PRNGKey(6), mesh=mesh, progress=False)
+    aa_out = {k: np.asarray(v, np.float64) for k, v in aa["per_example"].items()}
+    aa_out.update({f"who/{k}": np.nan_to_num(np.asarray(v, np.float64), nan=-1.0)
+                   for k, v in aa["attribution"].items()})
     results[n] = dict(params=jax.device_get(state.params),
                       batch_stats=jax.device_get(state.batch_stats),
                       metrics=metrics, x_adv=np.asarray(x_adv),
                       mrc=_mrc(fns, state.variables, np.asarray(x_adv), y, mesh),
-                      eval=[accs["clean"], accs["adv"]])
+                      eval=[accs["clean"], accs["adv"]], autoattack=aa_out)
   a, b = results[1], results[2]
   report["train_params"] = _max_diff(a["params"], b["params"])
   report["train_batch_stats"] = _max_diff(a["batch_stats"], b["batch_stats"])
@@ -137,6 +148,9 @@ def devices_check(out_path: str) -> None:
   report["pgd"] = _max_diff(a["x_adv"], b["x_adv"])
   report["mrc"] = _max_diff(a["mrc"], b["mrc"])
   report["eval"] = _max_diff(a["eval"], b["eval"])
+  report["autoattack"] = _max_diff(a["autoattack"], b["autoattack"])
+  report["autoattack_broken"] = int(np.sum(a["autoattack"]["clean"])
+                                    - np.sum(a["autoattack"]["square"]))
   report["seen"] = seen
   from rift_jax import training
   from rift_jax.errors import UserError

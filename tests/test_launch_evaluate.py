@@ -79,6 +79,7 @@ def test_launch_evaluate_end_to_end(checkpoint, tmp_path):
   from rift_jax.evaluation import records
   rec = records.load(str(out / "eval_records.npz"))
   assert res["n"] == 64 and res["split"] == "test" and res["checkpoint"] == path
+  assert res["devices"] == {"platform": "cpu", "count": 1}
   assert set(res["attacks"]) == {"pgd", "apgd_ce"}
 
   # The file's model: its clean predictions on the first 64 test images of

@@ -43,6 +43,15 @@ def test_two_devices_match_one(two_device_report, what):
   assert two_device_report[what] <= TOL, (what, two_device_report[what])
 
 
+def test_autoattack_on_two_devices_gives_the_same_bits(two_device_report):
+  # Per-example work reduces nothing across the batch, so sharding it must
+  # not move a single bit: robust flags after each attack, the attack / run /
+  # target that broke each example and its perturbation size are equal
+  # (what a multi-GPU or TPU evaluation relies on).
+  assert two_device_report["autoattack"] == 0.0
+  assert two_device_report["autoattack_broken"] > 0   # the attacks had work
+
+
 def test_batches_are_sharded_and_params_replicated(two_device_report):
   seen = two_device_report["seen"]
   assert seen["inside_2"] == "P('data',)"  # the model sees a split batch

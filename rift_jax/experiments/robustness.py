@@ -131,7 +131,8 @@ def evaluate(config, the_plan: suite.Plan, fns, variables, split: data.Split,
   """`suite.run` of `the_plan` with each attack entry's state kept in
   `<workdir>/suite_state/` (a killed evaluation continues where it
   stopped); the released OOD sets are read before any attack, so a missing
-  one fails early. Results also record the config."""
+  one fails early. Results also record the config and the devices it ran on
+  ('devices': platform, count), for planning a run elsewhere."""
   ev = config.evaluate
   names = [e.name for e in the_plan.entries]
   cache = {}
@@ -150,4 +151,6 @@ def evaluate(config, the_plan: suite.Plan, fns, variables, split: data.Split,
       state_dir=os.path.join(workdir, STATE_DIR), mesh=mesh,
       progress=progress and jax.process_index() == 0)
   results["config"] = config.to_dict()
+  results["devices"] = {"platform": jax.default_backend(),
+                        "count": jax.device_count()}
   return results, records
