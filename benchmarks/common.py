@@ -21,6 +21,10 @@ flags.DEFINE_integer("reps", 2, "Timed repetitions after the warm-up.",
                      lower_bound=1)
 flags.DEFINE_integer("threads", 0, "Threads for PyTorch (0: os.cpu_count(), "
                      "which is what XLA:CPU uses).", lower_bound=0)
+flags.DEFINE_integer("cpu_devices", 1, "XLA:CPU devices to split the host "
+                     "into, batches sharded over them (as "
+                     "--config.evaluate.cpu_devices of launch.evaluate).",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 NUM_CLASSES = 10
@@ -288,7 +292,9 @@ def out_path() -> str:
 def run_phase(phase: str, measure: Callable[[Record], None]) -> None:
   """The body of `python -m benchmarks.<phase>`: `measure(record)` fills
   the record; it is written, then checked against the schema."""
+  from rift_jax import sharding
   record = Record(out_path())
+  sharding.use_cpu_devices(FLAGS.cpu_devices, "--cpu_devices")
   record["phases"] = [phase]
   versions_and_threads(record, FLAGS.threads)
   measure(record)

@@ -38,6 +38,9 @@ def get_config(arg: str = "quickstart"):
       split="test",          # test | val
       num_examples=0,        # 0 = the whole split; else its first N images
       batch_size=int(c.eval.batch_size),
+      # XLA:CPU devices to split the host into (1: one; 2 on a 2-core machine:
+      # one per core, batches sharded, the same numbers; GPU/TPU ignore it).
+      cpu_devices=1,
       seed=0,
       epsilon=float(a.epsilon), norm=str(a.norm),
       pgd=ml_collections.ConfigDict(dict(

@@ -13,6 +13,9 @@ Writes `eval_results.json`, `eval_records.npz` (per-example correctness) and
 `eval_report.md` into --workdir (rift_jax/evaluation/suite.py), and keeps
 each attack entry's state in <workdir>/suite_state/ after every batch: run
 the same command again after a kill and it continues where it stopped.
+On a CPU, `--config.evaluate.cpu_devices=2` (one XLA device per core of a
+2-core machine) shards each batch over the cores: the same numbers (speed:
+docs/performance.md).
 """
 import os
 
@@ -27,13 +30,15 @@ FLAGS = common.FLAGS
 
 
 def main():
-  from rift_jax import data, models, workdir
+  from rift_jax import data, models, sharding, workdir
   from rift_jax.evaluation import records, suite
   from rift_jax.experiments import robustness, validation
   from rift_jax.models import checkpoint
   common.maybe_initialize_distributed()
   config = FLAGS.config
   plan = validation.validate_evaluate(config)
+  sharding.use_cpu_devices(int(config.evaluate.cpu_devices),
+                           "evaluate.cpu_devices")
   path = FLAGS.checkpoint
   validation.check_checkpoint(config, path)
   # Created (and probed for writing) before any work: results are never lost.

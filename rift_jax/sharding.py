@@ -40,6 +40,28 @@ def cpu_paths() -> bool:
   return jax.default_backend() == "cpu"
 
 
+def use_cpu_devices(count: int, name: str = "cpu_devices") -> None:
+  """Splits the host CPU into `count` XLA devices (JAX's public
+  `jax_num_cpu_devices`), so batches shard over the cores as over GPUs.
+
+  Per-example work (the attacks, clean and robust accuracy) gives the same
+  bits on any number of devices (tests/test_sharding.py); a sharded
+  training step reduces its gradients in another order. GPU and TPU runs
+  ignore it (only the CPU platform is split). Must run before any JAX
+  computation; count 1 changes nothing. Speed: docs/performance.md.
+  """
+  if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+    raise UserError(f"{name}={count!r} must be an integer >= 1 (1: one CPU "
+                    "device; 2 on a 2-core machine: one per core)")
+  if count == 1:
+    return
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError as e:
+    raise UserError(f"{name}={count} must be set before JAX runs any "
+                    "computation (JAX's CPU backend already exists)") from e
+
+
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh with axis 'data' over `devices` (default: every device of
   every process)."""

@@ -134,6 +134,20 @@ def devices_check(out_path: str) -> None:
                                     num_target_classes=2, square_queries=20),
         16, jax.random.PRNGKey(6), mesh=mesh, progress=False)
     aa_out = {k: np.asarray(v, np.float64) for k, v in aa["per_example"].items()}
+    # FAB's step on a batch-sharded input needs no cross-device traffic (its
+    # two projections per example once went through a batch concatenation
+    # that GSPMD answered with all-to-alls every step).
+    from rift_jax.attacks import fab
+    fab_cfg = fab.FABConfig(epsilon=0.1, num_steps=2, targeted=True)
+    logits_of = lambda v: (lambda z: fns.logits(v, z, train=False))
+    def fab_two_steps(v, xa, ya):
+      st = fab.fab_init(logits_of(v), xa, ya, jax.random.PRNGKey(0), fab_cfg)
+      return fab.fab_steps(logits_of(v), xa, ya, st, fab_cfg,
+                           y_target=(ya + 1) % 10, count=2)
+    hlo = jax.jit(fab_two_steps).lower(state.variables, xs, ys).compile().as_text()
+    seen[f"fab_collectives_{n}"] = sum(
+        hlo.count(f" {op}(") for op in ("all-to-all", "all-gather",
+                                        "collective-permute", "all-reduce"))
     aa_out.update({f"who/{k}": np.nan_to_num(np.asarray(v, np.float64), nan=-1.0)
                    for k, v in aa["attribution"].items()})
     results[n] = dict(params=jax.device_get(state.params),

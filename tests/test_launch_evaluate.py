@@ -68,8 +68,10 @@ def test_launch_evaluate_creates_a_missing_workdir_before_any_work(checkpoint,
 def test_launch_evaluate_end_to_end(checkpoint, tmp_path):
   path, variables, config, model = checkpoint
   out = tmp_path / "eval"
+  # On two XLA:CPU devices (batches sharded): the clean predictions below
+  # must still be the unsharded model's, bit for bit.
   proc = run_cli("launch.evaluate", *ARGS, f"--checkpoint={path}",
-                 f"--workdir={out}",
+                 f"--workdir={out}", "--config.evaluate.cpu_devices=2",
                  "--config.evaluate.suite= clean, pgd,apgd_ce ,ood")
   assert proc.returncode == 0, proc.stderr[-3000:]
   for f in ("eval_results.json", "eval_records.npz", "eval_report.md"):
@@ -79,7 +81,7 @@ def test_launch_evaluate_end_to_end(checkpoint, tmp_path):
   from rift_jax.evaluation import records
   rec = records.load(str(out / "eval_records.npz"))
   assert res["n"] == 64 and res["split"] == "test" and res["checkpoint"] == path
-  assert res["devices"] == {"platform": "cpu", "count": 1}
+  assert res["devices"] == {"platform": "cpu", "count": 2}
   assert set(res["attacks"]) == {"pgd", "apgd_ce"}
 
   # The file's model: its clean predictions on the first 64 test images of
@@ -142,4 +144,14 @@ def test_launch_evaluate_unknown_suite_entry(checkpoint, tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert "evaluate.suite entry='fgsm' is not allowed" in lines[0]
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_launch_evaluate_cpu_devices_must_divide_the_batch(checkpoint, tmp_path):
+  proc = run_cli("launch.evaluate", *ARGS, f"--checkpoint={checkpoint[0]}",
+                 f"--workdir={tmp_path}/w", "--config.evaluate.cpu_devices=3")
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+  assert ("evaluate.batch_size=32 is not divisible by "
+          "evaluate.cpu_devices=3") in lines[0]
   assert not os.path.exists(tmp_path / "w")

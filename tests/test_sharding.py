@@ -47,9 +47,11 @@ def test_autoattack_on_two_devices_gives_the_same_bits(two_device_report):
   # Per-example work reduces nothing across the batch, so sharding it must
   # not move a single bit: robust flags after each attack, the attack / run /
   # target that broke each example and its perturbation size are equal
-  # (what a multi-GPU or TPU evaluation relies on).
+  # (what multi-GPU / TPU evaluation and evaluate.cpu_devices rely on).
   assert two_device_report["autoattack"] == 0.0
   assert two_device_report["autoattack_broken"] > 0   # the attacks had work
+  # ... and FAB's step on a sharded batch moves no rows between devices.
+  assert two_device_report["seen"]["fab_collectives_2"] == 0
 
 
 def test_batches_are_sharded_and_params_replicated(two_device_report):
@@ -150,3 +152,16 @@ def test_process_rows_single_process():
   (_, _, m_full), = list(data.eval_batches(split.take(np.arange(6)), 8))
   (_, _, m_part), = list(data.eval_batches(split.take(np.arange(6)), 8, slice(4, 8)))
   np.testing.assert_array_equal(m_full[4:], m_part)
+
+
+def test_use_cpu_devices_refuses_bad_counts_and_a_late_call():
+  import jax.numpy as jnp
+  from rift_jax import sharding
+  from rift_jax.errors import UserError
+  for bad in (0, -1, 1.5, True, "2"):
+    with pytest.raises(UserError, match="must be an integer >= 1"):
+      sharding.use_cpu_devices(bad, "evaluate.cpu_devices")
+  sharding.use_cpu_devices(1)          # one device: nothing to change
+  jnp.zeros(1).block_until_ready()     # the CPU backend now exists
+  with pytest.raises(UserError, match="before JAX runs any computation"):
+    sharding.use_cpu_devices(2, "evaluate.cpu_devices")

@@ -353,10 +353,14 @@ def fab_steps(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
     xk, x_best, best = s
     f, w = linearise(xk)
     offset = jnp.sum(w * xk, axis=-1) - f            # π: ⟨w, z⟩ = offset
+    # Both projections (from x_k and from x_0) in one call, each example's
+    # pair in adjacent rows: a batch sharded over devices stays where it is
+    # (a concatenation along the batch made GSPMD move rows between devices
+    # every step). The projection is row by row, so the order changes no bit.
+    pair = lambda u, v: jnp.stack([u, v], axis=1).reshape((2 * b,) + u.shape[1:])
     delta = box_hyperplane_projection(
-        jnp.concatenate([xk, x0]), jnp.concatenate([w, w]),
-        jnp.concatenate([offset, offset]), norm)
-    d_k, d_0 = delta[:b], delta[b:]
+        pair(xk, x0), pair(w, w), pair(offset, offset), norm).reshape(b, 2, -1)
+    d_k, d_0 = delta[:, 0], delta[:, 1]
     n_k = jnp.maximum(_norm(d_k, norm), 1e-8)[:, None]
     n_0 = jnp.maximum(_norm(d_0, norm), 1e-8)[:, None]
     alpha = jnp.clip(n_k / (n_k + n_0), 0.0, cfg.alpha_max)
