@@ -119,6 +119,17 @@ def test_the_schema_check_finds_a_missing_or_undeclared_key():
   res["mrc_config"]["routes"].append("mask")
   assert "missing key 'mrc_mask_seconds_per_module'" in schema.problems(res)
   assert "undeclared key 'speedup'" in schema.problems({**res, "speedup": 2.0})
+  # --noaa_compiled_rerun: the compiled run's keys are not asked for, the
+  # first run's are.
+  aa = {"phases": ["autoattack"], "versions": {}, "threads": {},
+        "peak_rss_mb": 1.0, "autoattack_config": {"compiled_rerun": False}}
+  missing = schema.problems(aa)
+  assert "missing key 'autoattack_first_run_seconds'" in missing
+  assert "missing key 'autoattack_speedup_vs_torch_with_compile'" in missing
+  assert not any(f"'{k}'" in p for p in missing for k in (
+      "autoattack_seconds", "autoattack_speedup_vs_torch", "autoattack_runs_agree"))
+  aa["autoattack_config"]["compiled_rerun"] = True
+  assert "missing key 'autoattack_seconds'" in schema.problems(aa)
 
 
 def test_benchmark_requires_out():
