@@ -109,7 +109,7 @@ def plan(config) -> suite.Plan:
   check_choice("evaluate.split", ev.split, SPLITS)
   check_range("evaluate.num_examples", int(ev.num_examples), 0)
   check_range("evaluate.batch_size", int(ev.batch_size), 1)
-  cpu_devices = int(ev.get("cpu_devices", 1))
+  cpu_devices = int(ev.cpu_devices)
   check_range("evaluate.cpu_devices", cpu_devices, 1)
   if int(ev.batch_size) % cpu_devices:
     raise UserError(f"evaluate.batch_size={int(ev.batch_size)} is not divisible "
